@@ -1,0 +1,175 @@
+"""Entry point: run the companion bot, or manage its data from the command line.
+
+python bot.py [--config PATH]            run the bot
+python bot.py rebuild [--config PATH]    rebuild the projections from the event log
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import discord
+import yarl
+from discord.ext import commands
+
+from companion.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
+from companion.llm import LLMClient
+from companion.significance import Classifier
+from companion.turns import TurnService
+from companion.worker import SignificanceWorker
+from storage import sqlite
+from storage.database import Database
+from storage.rebuild import rebuild_projections
+from storage.schema import SchemaTooNew
+
+log = logging.getLogger("companion")
+
+INITIAL_EXTENSIONS = ("cogs.chat",)
+
+# No reply may ever ping @everyone, @here or a role, whatever the model
+# writes; users are not pinged either, except where a cog asks for it.
+ALLOWED_MENTIONS = discord.AllowedMentions(everyone=False, roles=False, users=False, replied_user=False)
+
+
+class CompanionBot(commands.Bot):
+    """The bot: owns the turn service and, through its cogs, the Discord side."""
+
+    def __init__(self, config: Config, db: Database, llm: LLMClient, **client_options: Any) -> None:
+        intents = discord.Intents.default()
+        intents.message_content = True
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            help_command=None,
+            intents=intents,
+            allowed_mentions=ALLOWED_MENTIONS,
+            **client_options,
+        )
+        self.config = config
+        self.db = db
+        self.llm = llm
+        self.turns = TurnService(config, db, llm)
+        self.scoring = SignificanceWorker(
+            db,
+            Classifier(llm, config.llm.classifier_model),
+            concurrency=config.memory.scoring_concurrency,
+            pin_cap=config.memory.pin_cap,
+            rescan_seconds=config.memory.scoring_rescan_seconds,
+        )
+        self.started_at = time.time()
+        # Set while a restore runs: messages get this answer instead of a turn.
+        self.paused_reason: str | None = None
+
+    async def setup_hook(self) -> None:
+        for extension in INITIAL_EXTENSIONS:
+            await self.load_extension(extension)
+        self.scoring.start()
+
+    async def close(self) -> None:
+        await self.scoring.stop()
+        await super().close()
+
+    async def on_message(self, message: discord.Message, /) -> None:
+        # There are no prefix commands; the chat cog handles every message.
+        return
+
+    def memory_written(self, memory_id: int) -> None:
+        """Called after each new memory, so background work can pick it up."""
+        self.scoring.notify()
+
+
+def point_discord_at(config: Config) -> None:
+    """Use the configured REST and gateway endpoints (a fake one in tests)."""
+    discord.http.Route.BASE = config.discord.api_base.rstrip("/")
+    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(config.discord.gateway_url)
+
+
+async def run_bot(config: Config) -> int:
+    token = config.discord_token()
+    llm = LLMClient(config.llm, config.llm_api_key())
+    point_discord_at(config)
+    db = await Database.open(config.storage.database_path)
+    bot = CompanionBot(config, db, llm)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, lambda: asyncio.ensure_future(bot.close()))
+    try:
+        async with bot:
+            await bot.start(token)
+    except discord.LoginFailure:
+        print(
+            "error: Discord rejected the bot token; check the variable named by [discord] token_env",
+            file=sys.stderr,
+        )
+        return 1
+    except discord.PrivilegedIntentsRequired:
+        print(
+            "error: enable the Message Content intent for this bot in the Discord developer portal",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        await llm.close()
+        await db.close()
+    return 0
+
+
+def cmd_rebuild(config: Config) -> int:
+    report = rebuild_projections(config.storage.database_path)
+    print(
+        f"rebuilt projections from {report.events} events (up to #{report.last_seq}) in {report.seconds:.2f}s"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    config_option = argparse.ArgumentParser(add_help=False)
+    config_option.add_argument(
+        "--config", type=Path, default=argparse.SUPPRESS, help=f"config file (default: {DEFAULT_CONFIG_PATH})"
+    )
+    parser = argparse.ArgumentParser(
+        prog="bot.py", description="A Discord companion bot with a long-term memory.", parents=[config_option]
+    )
+    commands_ = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands_.add_parser("run", parents=[config_option], help="run the bot (the default)")
+    commands_.add_parser(
+        "rebuild", parents=[config_option], help="rebuild the projections from the event log (bot stopped)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    config_path = getattr(args, "config", DEFAULT_CONFIG_PATH)
+    try:
+        config = load_config(config_path)
+        if args.command in (None, "run"):
+            return asyncio.run(run_bot(config))
+        if args.command == "rebuild":
+            return cmd_rebuild(config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except SchemaTooNew as exc:
+        print(f"error: {exc}; upgrade the bot before using this data", file=sys.stderr)
+        return 2
+    except sqlite.DatabaseError as exc:
+        print(f"error: database problem: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

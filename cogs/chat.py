@@ -1,0 +1,176 @@
+"""The chat cog: decides which messages to answer and runs each turn.
+
+A turn: show typing, build the prompt, ask the model, send the reply (split
+to Discord's size), then remember the turn. Turns in one channel run in
+order; different channels run side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from typing import TYPE_CHECKING
+
+import discord
+from discord.ext import commands
+
+from companion.ordering import ChannelLanes
+from companion.splitting import split_message
+from companion.turns import IncomingTurn
+from storage.scope import Scope
+
+if TYPE_CHECKING:
+    from bot import CompanionBot
+
+log = logging.getLogger(__name__)
+
+TYPING_REFRESH_SECONDS = 8.0
+BUSY_REPLY = "I'm still catching up on earlier messages in this channel. Please try again in a moment."
+EMPTY_MESSAGE_TEXT = "(they mentioned you without saying anything)"
+# C0 control characters other than tab and newline: they only confuse models.
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+class Chat(commands.Cog):
+    def __init__(self, bot: CompanionBot) -> None:
+        self.bot = bot
+        self.lanes = ChannelLanes(bot.config.chat.max_pending_per_channel)
+
+    async def cog_unload(self) -> None:
+        await self.lanes.close()
+
+    @commands.Cog.listener()
+    async def on_message(self, message: discord.Message) -> None:
+        if not await self.should_answer(message):
+            return
+        if self.bot.paused_reason:
+            await self._send_quietly(message, self.bot.paused_reason)
+            return
+        accepted = self.lanes.submit(message.channel.id, lambda: self.handle_turn(message))
+        if not accepted:
+            log.warning(
+                "channel %s is over its pending limit; told %s", message.channel.id, message.author.id
+            )
+            await self._send_quietly(message, BUSY_REPLY)
+
+    async def should_answer(self, message: discord.Message) -> bool:
+        bot_user = self.bot.user
+        if bot_user is None or message.author.id == bot_user.id:
+            return False
+        is_from_bot = message.author.bot or message.webhook_id is not None
+        is_ordinary = message.type in (discord.MessageType.default, discord.MessageType.reply)
+        if is_from_bot or not is_ordinary:
+            return False
+        is_dm = message.guild is None
+        channel = message.channel
+        parent_id = getattr(channel, "parent_id", None)
+        listen_ids = self.bot.config.discord.listen_channel_ids
+        is_listen_channel = channel.id in listen_ids or (parent_id is not None and parent_id in listen_ids)
+        is_mentioned = any(user.id == bot_user.id for user in message.mentions)
+        return is_dm or is_listen_channel or is_mentioned or await self._is_reply_to_me(message)
+
+    async def _is_reply_to_me(self, message: discord.Message) -> bool:
+        reference = message.reference
+        if reference is None or reference.message_id is None or self.bot.user is None:
+            return False
+        resolved = reference.resolved
+        if isinstance(resolved, discord.Message):
+            return resolved.author.id == self.bot.user.id
+        if isinstance(resolved, discord.DeletedReferencedMessage):
+            return False
+        if reference.channel_id != message.channel.id:
+            return False
+        try:
+            original = await message.channel.fetch_message(reference.message_id)
+        except discord.HTTPException:
+            return False
+        return original.author.id == self.bot.user.id
+
+    async def handle_turn(self, message: discord.Message) -> None:
+        turn = self.incoming_turn(message)
+        typing = asyncio.create_task(self._keep_typing(message.channel))
+        try:
+            reply = await self.bot.turns.compose_reply(turn)
+        finally:
+            typing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await typing
+        delivered = await self._deliver(message, reply.text)
+        if not reply.ok or not delivered:
+            return
+        memory_id = await self.bot.turns.remember(turn, "\n".join(delivered))
+        self.bot.memory_written(memory_id)
+
+    def incoming_turn(self, message: discord.Message) -> IncomingTurn:
+        bot_id = self.bot.user.id if self.bot.user else 0
+        if message.guild is None:
+            scope = Scope.for_dm(bot_id, message.author.id)
+            where = f"in a direct message with {message.author.display_name}"
+        else:
+            scope = Scope.for_guild(bot_id, message.guild.id)
+            channel_name = getattr(message.channel, "name", "a channel")
+            where = f"in #{channel_name} on the server {message.guild.name}"
+        return IncomingTurn(
+            scope=scope,
+            channel_id=message.channel.id,
+            author_id=message.author.id,
+            author_name=message.author.display_name,
+            text=self.message_text(message),
+            message_id=message.id,
+            where=where,
+        )
+
+    def message_text(self, message: discord.Message) -> str:
+        """What the user said, with mentions as names and attachments described."""
+        text = message.content
+        if self.bot.user is not None:
+            text = re.sub(rf"<@!?{self.bot.user.id}>", "", text)
+        for user in message.mentions:
+            text = re.sub(rf"<@!?{user.id}>", f"@{user.display_name}", text)
+        for role in message.role_mentions:
+            text = text.replace(f"<@&{role.id}>", f"@{role.name}")
+        for channel in message.channel_mentions:
+            text = text.replace(f"<#{channel.id}>", f"#{getattr(channel, 'name', 'channel')}")
+        text = _CONTROL_CHARS.sub("", text).strip()
+        extras = [f"[attachment: {a.filename}]" for a in message.attachments]
+        extras += [f"[sticker: {s.name}]" for s in message.stickers]
+        text = "\n".join(part for part in [text, *extras] if part)
+        return text or EMPTY_MESSAGE_TEXT
+
+    async def _deliver(self, message: discord.Message, text: str) -> list[str]:
+        """Send the reply in chunks; returns the chunks Discord accepted."""
+        delivered: list[str] = []
+        for index, chunk in enumerate(split_message(text)):
+            try:
+                if index == 0:
+                    await message.reply(chunk, mention_author=False, fail_if_not_exists=False)
+                else:
+                    await message.channel.send(chunk)
+            except discord.HTTPException as exc:
+                log.error(
+                    "could not send reply chunk %d in channel %s: %s", index + 1, message.channel.id, exc
+                )
+                break
+            delivered.append(chunk)
+        return delivered
+
+    async def _keep_typing(self, channel: discord.abc.Messageable) -> None:
+        while True:
+            try:
+                await channel.typing()
+            except discord.HTTPException as exc:
+                log.debug("typing indicator failed: %s", exc)
+                return
+            await asyncio.sleep(TYPING_REFRESH_SECONDS)
+
+    async def _send_quietly(self, message: discord.Message, text: str) -> None:
+        try:
+            await message.reply(text, mention_author=False, fail_if_not_exists=False)
+        except discord.HTTPException as exc:
+            log.warning("could not tell channel %s: %s", message.channel.id, exc)
+
+
+async def setup(bot: CompanionBot) -> None:
+    await bot.add_cog(Chat(bot))

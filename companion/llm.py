@@ -1,0 +1,117 @@
+"""The OpenAI-compatible endpoint, behind one small client.
+
+The SDK does the retrying (connection errors, 408, 409, 429 with
+Retry-After, 5xx) with its own bounded backoff; this module turns whatever
+still fails into one `LLMError` with a kind the callers can act on.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import httpx2
+import openai
+from openai import AsyncOpenAI
+
+from companion.config import LLMConfig
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_SECONDS = 5.0
+
+
+class LLMError(Exception):
+    """A model call that produced no usable answer.
+
+    kind is one of: "timeout", "connection", "rate_limited", "server",
+    "rejected" (a 4xx other than 429), "empty".
+    """
+
+    def __init__(self, kind: str, detail: str, *, status: int | None = None) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+        self.status = status
+
+    @property
+    def transient(self) -> bool:
+        """Whether trying again later may succeed."""
+        return self.kind in ("timeout", "connection", "rate_limited", "server")
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str | None
+    model: str
+
+
+class LLMClient:
+    """Chat and classification calls against one OpenAI-compatible endpoint."""
+
+    def __init__(
+        self, config: LLMConfig, api_key: str, *, http_client: httpx2.AsyncClient | None = None
+    ) -> None:
+        self.config = config
+        self._client = AsyncOpenAI(
+            base_url=config.base_url,
+            api_key=api_key,
+            timeout=httpx2.Timeout(
+                config.timeout_seconds, connect=min(CONNECT_TIMEOUT_SECONDS, config.timeout_seconds)
+            ),
+            max_retries=config.max_retries,
+            http_client=http_client,
+        )
+
+    async def complete(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        model: str,
+        max_tokens: int,
+        temperature: float | None = None,
+        response_format: dict[str, Any] | None = None,
+    ) -> Completion:
+        """One chat completion; raises LLMError on failure or an empty answer."""
+        kwargs: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens}
+        if temperature is not None:
+            kwargs["temperature"] = temperature
+        if response_format is not None:
+            kwargs["response_format"] = response_format
+        try:
+            response = await self._client.chat.completions.create(**kwargs)
+        except openai.APITimeoutError as exc:
+            raise LLMError("timeout", f"no answer within {self.config.timeout_seconds:g}s") from exc
+        except openai.APIConnectionError as exc:
+            raise LLMError("connection", str(exc) or type(exc).__name__) from exc
+        except openai.RateLimitError as exc:
+            raise LLMError("rate_limited", _status_detail(exc), status=exc.status_code) from exc
+        except openai.APIStatusError as exc:
+            kind = "server" if exc.status_code >= 500 else "rejected"
+            raise LLMError(kind, _status_detail(exc), status=exc.status_code) from exc
+        except (openai.OpenAIError, ValueError) as exc:
+            # Malformed bodies from odd proxies surface as parse errors.
+            raise LLMError("server", f"unreadable response: {exc}") from exc
+        choices = getattr(response, "choices", None) or []
+        if not choices:
+            raise LLMError("empty", "the response had no choices")
+        choice = choices[0]
+        text = (choice.message.content or "") if choice.message else ""
+        if not text.strip():
+            raise LLMError("empty", f"empty answer (finish_reason={choice.finish_reason})")
+        return Completion(text=text, finish_reason=choice.finish_reason, model=response.model or model)
+
+    async def chat(self, messages: list[dict[str, str]]) -> Completion:
+        return await self.complete(
+            messages, model=self.config.chat_model, max_tokens=self.config.max_reply_tokens
+        )
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+def _status_detail(exc: openai.APIStatusError) -> str:
+    message = getattr(exc, "message", "") or ""
+    return f"HTTP {exc.status_code}: {message[:200]}"

@@ -1,0 +1,155 @@
+"""Scoring a memory's significance with a cheap classifier model.
+
+The model is asked for structured output (a JSON object with one integer)
+where the endpoint supports it; otherwise for a bare integer. Whatever
+comes back is parsed strictly: an answer we cannot read as exactly one
+score from 0 to 3 is retried a few times and then reported as a failure,
+never turned into a guess.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from companion.context import clip
+from companion.llm import LLMClient, LLMError
+from storage.memories import Memory
+
+log = logging.getLogger(__name__)
+
+ANSWER_ATTEMPTS = 3
+MAX_TURN_CHARS = 2000
+MAX_CONTEXT_TURNS = 3
+MAX_ANSWER_TOKENS = 40
+
+SYSTEM_PROMPT = """\
+You judge how significant a remembered conversation turn is for a companion bot's long-term memory.
+Score it with one integer:
+0 = small talk: greetings, thanks, filler, jokes with nothing lasting in them.
+1 = ordinary: everyday chat, passing opinions, routine questions and answers.
+2 = notable: worth recalling later: plans, ongoing projects, interests, opinions about people or things.
+3 = pivotal: something the bot should never forget: a life event (a birth, a death, a wedding, a move, \
+a new job, an illness), a promise, a stated preference that matters (allergies, pronouns, boundaries), \
+a conflict, or a milestone.
+Judge only the turn marked TURN TO SCORE; earlier dialogue is context.
+Answer with the integer alone."""
+
+RESPONSE_FORMAT = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "significance",
+        "strict": True,
+        "schema": {
+            "type": "object",
+            "properties": {"significance": {"type": "integer", "enum": [0, 1, 2, 3]}},
+            "required": ["significance"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+class UnusableAnswer(Exception):
+    """The classifier answered, but not with exactly one score from 0 to 3."""
+
+
+@dataclass(frozen=True)
+class Score:
+    value: int
+    model: str
+
+
+_INTEGER = re.compile(r"(?<![\d.])-?\d+(?:\.\d+)?(?!\.?\d)")
+
+
+def parse_significance(answer: str) -> int:
+    """Read a score from the classifier's answer, or raise UnusableAnswer."""
+    text = answer.strip()
+    if not text:
+        raise UnusableAnswer("empty answer")
+    value: object = None
+    try:
+        decoded = json.loads(text)
+    except ValueError:
+        decoded = None
+    if isinstance(decoded, dict):
+        value = decoded.get("significance", decoded.get("score"))
+        if value is None:
+            raise UnusableAnswer(f"JSON without a significance: {clip(text, 80)!r}")
+    elif isinstance(decoded, int | float) and not isinstance(decoded, bool):
+        value = decoded
+    else:
+        numbers = set(_INTEGER.findall(text))
+        if len(numbers) != 1:
+            raise UnusableAnswer(f"no single number in {clip(text, 80)!r}")
+        value = float(numbers.pop())
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+        raise UnusableAnswer(f"not an integer: {value!r}")
+    score = int(value)
+    if not 0 <= score <= 3:
+        raise UnusableAnswer(f"out of range: {score}")
+    return score
+
+
+def classifier_messages(memory: Memory, earlier: Sequence[Memory]) -> list[dict[str, str]]:
+    lines = []
+    for turn in earlier[-MAX_CONTEXT_TURNS:]:
+        lines.append(clip(turn.text, MAX_TURN_CHARS))
+    dialogue = "\n".join(lines) if lines else "(none)"
+    content = f"EARLIER DIALOGUE:\n{dialogue}\n\nTURN TO SCORE:\n{clip(memory.text, MAX_TURN_CHARS)}"
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": content}]
+
+
+class Classifier:
+    """Scores memories with `[llm] classifier_model`."""
+
+    def __init__(self, llm: LLMClient, model: str) -> None:
+        self.llm = llm
+        self.model = model
+        # Flipped off the first time the endpoint rejects response_format.
+        self.structured_output = True
+
+    async def score(self, memory: Memory, earlier: Sequence[Memory]) -> Score:
+        """The memory's score; UnusableAnswer after bounded retries, LLMError if the call fails."""
+        messages = classifier_messages(memory, earlier)
+        problem = "no attempt made"
+        for _ in range(ANSWER_ATTEMPTS):
+            try:
+                answer = await self._ask(messages)
+            except LLMError as exc:
+                if exc.kind != "empty":
+                    raise
+                answer = ""
+            try:
+                return Score(parse_significance(answer), self.model)
+            except UnusableAnswer as exc:
+                problem = str(exc)
+                log.info("classifier gave an unusable answer for memory #%s: %s", memory.id, problem)
+        raise UnusableAnswer(f"{ANSWER_ATTEMPTS} unusable answers; last: {problem}")
+
+    async def _ask(self, messages: list[dict[str, str]]) -> str:
+        if self.structured_output:
+            try:
+                completion = await self.llm.complete(
+                    messages,
+                    model=self.model,
+                    max_tokens=MAX_ANSWER_TOKENS,
+                    temperature=0,
+                    response_format=RESPONSE_FORMAT,
+                )
+                return completion.text
+            except LLMError as exc:
+                if exc.kind != "rejected" or exc.status not in (400, 422):
+                    raise
+                log.warning(
+                    "classifier endpoint refused structured output (%s); asking for a bare integer", exc
+                )
+                self.structured_output = False
+        completion = await self.llm.complete(
+            messages, model=self.model, max_tokens=MAX_ANSWER_TOKENS, temperature=0
+        )
+        return completion.text

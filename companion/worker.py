@@ -1,0 +1,301 @@
+"""The significance worker: scores memories in the background, on the bot's loop.
+
+The database is the source of truth and the worker keeps almost nothing in
+memory: it walks the unscored memories in id order from a cursor, a small
+batch at a time, with at most `concurrency` classifier calls in flight. A
+new memory only wakes it up. A periodic rescan (and every start) walks from
+the beginning again, so work lost to a crash, a shutdown or an outage is
+picked up without any bookkeeping. Recording a score is idempotent, so a
+memory is scored once however often it is found.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from companion.llm import LLMError
+from companion.significance import MAX_CONTEXT_TURNS, Classifier, UnusableAnswer
+from storage import memories
+from storage.commands import record_scoring_failure, record_significance
+from storage.database import Database
+from storage.sqlite import Error as DatabaseError
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 32
+BACKOFF_START_SECONDS = 1.0
+BACKOFF_MAX_SECONDS = 120.0
+STOP_GRACE_SECONDS = 5.0
+# Endpoint answers that mean "not now" for every memory, not "never" for this one.
+OUTAGE_STATUSES = frozenset({401, 403, 404})
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    running: bool
+    queued: int  # ids fetched and waiting for a slot
+    in_flight: int
+    scored: int
+    failures: int  # unusable answers recorded since start
+    errors: int  # failed calls (outages) since start
+    last_success_at: float | None
+    last_error: str | None
+    backoff_until: float | None
+
+
+class SignificanceWorker:
+    def __init__(
+        self,
+        db: Database,
+        classifier: Classifier,
+        *,
+        concurrency: int,
+        pin_cap: int,
+        rescan_seconds: float,
+        backoff_start_seconds: float = BACKOFF_START_SECONDS,
+        backoff_max_seconds: float = BACKOFF_MAX_SECONDS,
+    ) -> None:
+        self.db = db
+        self.classifier = classifier
+        self.concurrency = concurrency
+        self.pin_cap = pin_cap
+        self.rescan_seconds = rescan_seconds
+        self.backoff_start_seconds = backoff_start_seconds
+        self.backoff_max_seconds = backoff_max_seconds
+        self._queue: deque[int] = deque()
+        self._in_flight: dict[int, asyncio.Task[None]] = {}
+        self._cursor = 0
+        self._next_rescan = 0.0
+        self._wake = asyncio.Event()
+        self._slot_free = asyncio.Event()
+        self._feeder: asyncio.Task[None] | None = None
+        self._paused = False
+        self._backoff = 0.0
+        self._backoff_until: float | None = None
+        self.scored = 0
+        self.failures = 0
+        self.errors = 0
+        self.last_success_at: float | None = None
+        self.last_error: str | None = None
+
+    # lifecycle
+
+    def start(self) -> None:
+        if self._feeder is None:
+            self._rescan_now()
+            self._feeder = asyncio.create_task(self._feed(), name="significance-feeder")
+
+    async def stop(self, grace_seconds: float = STOP_GRACE_SECONDS) -> None:
+        """Stop taking work; give in-flight jobs a moment, then cancel them.
+
+        Anything not finished stays unscored in the database and is picked
+        up at the next start.
+        """
+        feeder, self._feeder = self._feeder, None
+        if feeder is not None:
+            feeder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await feeder
+        jobs = list(self._in_flight.values())
+        if jobs:
+            _, pending = await asyncio.wait(jobs, timeout=grace_seconds)
+            for job in pending:
+                job.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            if pending:
+                log.info(
+                    "significance worker stopped with %d jobs unfinished; they resume at next start",
+                    len(pending),
+                )
+        self._queue.clear()
+
+    def pause(self) -> None:
+        """Start no new jobs until `resume` (used while a restore runs)."""
+        self._paused = True
+
+    def resume(self) -> None:
+        """Carry on, walking the unscored memories from the start again."""
+        self._paused = False
+        self._queue.clear()
+        self._rescan_now()
+
+    async def drain(self) -> None:
+        """Wait for every in-flight job to finish."""
+        while self._in_flight:
+            await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
+
+    # signals from the rest of the bot
+
+    def notify(self) -> None:
+        """A new memory was written."""
+        self._wake.set()
+
+    def discard(self, memory_id: int) -> None:
+        """Drop a memory from the queue (it was forgotten)."""
+        with contextlib.suppress(ValueError):
+            self._queue.remove(memory_id)
+
+    def status(self) -> WorkerStatus:
+        return WorkerStatus(
+            running=self._feeder is not None and not self._feeder.done(),
+            queued=len(self._queue),
+            in_flight=len(self._in_flight),
+            scored=self.scored,
+            failures=self.failures,
+            errors=self.errors,
+            last_success_at=self.last_success_at,
+            last_error=self.last_error,
+            backoff_until=self._backoff_until
+            if self._backoff_until and self._backoff_until > time.time()
+            else None,
+        )
+
+    async def pending_count(self) -> int:
+        """Memories in the database still waiting for a score."""
+        return await memories.count_unscored(self.db.reader)
+
+    # the feeder
+
+    def _rescan_now(self) -> None:
+        self._cursor = 0
+        self._next_rescan = time.monotonic() + self.rescan_seconds
+        self._wake.set()
+
+    async def _feed(self) -> None:
+        while True:
+            try:
+                await self._feed_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # The database may be briefly unavailable (disk full, a
+                # restore); back off and try again rather than die.
+                self._note_error(f"feeder: {exc}")
+                log.exception("significance feeder failed; retrying")
+                await asyncio.sleep(self._grow_backoff())
+
+    async def _feed_once(self) -> None:
+        if time.monotonic() >= self._next_rescan:
+            self._rescan_now()
+        if self._paused or self._in_backoff():
+            await self._sleep_until_wake(self._backoff_remaining() or 0.5)
+            return
+        if len(self._in_flight) >= self.concurrency:
+            self._slot_free.clear()
+            await self._wait_event(self._slot_free, self._seconds_to_rescan())
+            return
+        if not self._queue:
+            # Clear before looking, so a memory written meanwhile still wakes us.
+            self._wake.clear()
+            ids = await memories.unscored_memory_ids(self.db.reader, after_id=self._cursor, limit=BATCH_SIZE)
+            ids = [i for i in ids if i not in self._in_flight]
+            if not ids:
+                await self._sleep_until_wake(self._seconds_to_rescan())
+                # Woken by a new memory: it is past the cursor, keep walking.
+                return
+            self._queue.extend(ids)
+            self._cursor = ids[-1]
+        memory_id = self._queue.popleft()
+        if memory_id not in self._in_flight:
+            self._in_flight[memory_id] = asyncio.create_task(self._run(memory_id), name=f"score-{memory_id}")
+
+    async def _sleep_until_wake(self, seconds: float) -> None:
+        await self._wait_event(self._wake, seconds)
+
+    @staticmethod
+    async def _wait_event(event: asyncio.Event, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.01, seconds)):
+                await event.wait()
+
+    def _seconds_to_rescan(self) -> float:
+        return max(0.0, self._next_rescan - time.monotonic())
+
+    # one job
+
+    async def _run(self, memory_id: int) -> None:
+        try:
+            await self._score(memory_id)
+        finally:
+            self._in_flight.pop(memory_id, None)
+            self._slot_free.set()
+
+    async def _score(self, memory_id: int) -> None:
+        reader = self.db.reader
+        try:
+            scope = await memories.memory_scope(reader, memory_id)
+            memory = await memories.get_memory(reader, scope, memory_id) if scope else None
+            if memory is None or memory.significance is not None:
+                return  # forgotten or already scored meanwhile
+            earlier = await memories.memories_before(
+                reader, scope, memory.channel_id, memory_id, MAX_CONTEXT_TURNS
+            )
+            score = await self.classifier.score(memory, earlier)
+            outcome = await record_significance(
+                self.db, memory_id, score.value, model=score.model, pin_cap=self.pin_cap
+            )
+        except UnusableAnswer as exc:
+            self.failures += 1
+            self.last_error = f"memory #{memory_id}: {exc}"
+            log.warning("could not score memory #%s: %s", memory_id, exc)
+            await self._record_failure(memory_id, str(exc))
+            return
+        except LLMError as exc:
+            if exc.transient or exc.status in OUTAGE_STATUSES:
+                delay = self._grow_backoff()
+                self._note_error(f"classifier {exc}")
+                log.warning("classifier unavailable (%s); pausing scoring for %.0fs", exc, delay)
+            else:
+                self.failures += 1
+                self.last_error = f"memory #{memory_id}: classifier refused: {exc}"
+                log.warning("classifier refused memory #%s: %s", memory_id, exc)
+                await self._record_failure(memory_id, f"classifier refused: {exc}")
+            return
+        except DatabaseError as exc:
+            self._note_error(f"database: {exc}")
+            log.error("could not record the score of memory #%s: %s", memory_id, exc)
+            self._grow_backoff()
+            return
+        self.scored += 1 if outcome.recorded else 0
+        self.last_success_at = time.time()
+        if self._backoff:
+            # The classifier is back: retry what the outage skipped right away.
+            self._backoff = 0.0
+            self._backoff_until = None
+            self._rescan_now()
+        if outcome.pinned or outcome.unpinned:
+            log.info(
+                "memory #%s scored %d: pinned=%s, unpinned %s",
+                memory_id,
+                score.value,
+                outcome.pinned,
+                outcome.unpinned,
+            )
+
+    async def _record_failure(self, memory_id: int, reason: str) -> None:
+        try:
+            await record_scoring_failure(self.db, memory_id, reason)
+        except DatabaseError as exc:
+            log.error("could not record the scoring failure of memory #%s: %s", memory_id, exc)
+
+    # backoff
+
+    def _note_error(self, message: str) -> None:
+        self.errors += 1
+        self.last_error = message
+
+    def _grow_backoff(self) -> float:
+        self._backoff = min(self.backoff_max_seconds, max(self.backoff_start_seconds, self._backoff * 2))
+        self._backoff_until = time.time() + self._backoff
+        return self._backoff
+
+    def _in_backoff(self) -> bool:
+        return self._backoff_until is not None and time.time() < self._backoff_until
+
+    def _backoff_remaining(self) -> float:
+        return max(0.0, (self._backoff_until or 0.0) - time.time())

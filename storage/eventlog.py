@@ -1,0 +1,71 @@
+"""The append-only event log, the single source of truth.
+
+`append` writes an event and applies it to the projections inside the
+caller's transaction, so the log and the projections never disagree.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiosqlite
+
+from storage.events import Event, MemoryWritten, decode, encode
+from storage.projections import advance_to, statements_for
+
+
+@dataclass(frozen=True)
+class RecordedEvent:
+    seq: int
+    recorded_at: float
+    event: Event
+
+
+async def append(tx: aiosqlite.Connection, event: Event) -> int:
+    """Append `event` and apply it to the projections; returns its sequence number.
+
+    Must run inside `Database.transaction()`.
+    """
+    kind, version, payload = encode(event)
+    cursor = await tx.execute(
+        "INSERT INTO events (kind, version, payload, recorded_at) VALUES (?, ?, ?, ?)",
+        (kind, version, payload, time.time()),
+    )
+    seq = cursor.lastrowid
+    assert seq is not None
+    for sql, params in statements_for(seq, event):
+        await tx.execute(sql, params)
+    sql, params = advance_to(seq)
+    await tx.execute(sql, params)
+    return seq
+
+
+async def redact_memory_written(tx: aiosqlite.Connection, memory_id: int) -> bool:
+    """Drop the text from the memory_written event of `memory_id`; keep the row."""
+    async with tx.execute("SELECT kind, version, payload FROM events WHERE seq = ?", (memory_id,)) as cursor:
+        row = await cursor.fetchone()
+    if row is None or row[0] != MemoryWritten.KIND:
+        return False
+    event = decode(row[0], row[1], row[2])
+    assert isinstance(event, MemoryWritten)
+    _, _, payload = encode(event.redact())
+    await tx.execute("UPDATE events SET payload = ? WHERE seq = ?", (payload, memory_id))
+    return True
+
+
+async def read_events(conn: aiosqlite.Connection, *, after_seq: int = 0) -> AsyncIterator[RecordedEvent]:
+    """Every event after `after_seq`, oldest first."""
+    async with conn.execute(
+        "SELECT seq, kind, version, payload, recorded_at FROM events WHERE seq > ? ORDER BY seq",
+        (after_seq,),
+    ) as cursor:
+        async for seq, kind, version, payload, recorded_at in cursor:
+            yield RecordedEvent(seq, recorded_at, decode(kind, version, payload))
+
+
+async def last_seq(conn: aiosqlite.Connection) -> int:
+    async with conn.execute("SELECT coalesce(max(seq), 0) FROM events") as cursor:
+        row = await cursor.fetchone()
+    return int(row[0]) if row else 0

@@ -1,0 +1,140 @@
+"""The events of the memory log: past-tense, frozen, versioned.
+
+An event is stored as (kind, version, JSON payload). Reading an older
+payload version runs the chain of upcasters registered for its kind, so
+code only ever sees the current shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from storage.scope import Scope
+
+
+@dataclass(frozen=True)
+class MemoryWritten:
+    """A turn (a user message and the bot's reply) was remembered."""
+
+    KIND: ClassVar[str] = "memory_written"
+    VERSION: ClassVar[int] = 1
+
+    bot_id: int
+    scope_kind: str
+    scope_id: int
+    channel_id: int
+    author_id: int
+    author_name: str
+    bot_name: str
+    user_text: str
+    reply_text: str
+    user_message_id: int | None
+    created_at: float
+    redacted: bool = False
+
+    @property
+    def scope(self) -> Scope:
+        return Scope(self.bot_id, self.scope_kind, self.scope_id)
+
+    def redact(self) -> MemoryWritten:
+        """The same event with every piece of text dropped."""
+        return dataclasses.replace(
+            self, author_name="", bot_name="", user_text="", reply_text="", redacted=True
+        )
+
+
+@dataclass(frozen=True)
+class MemorySignificanceSet:
+    """The classifier scored a memory 0 (small talk) to 3 (pivotal)."""
+
+    KIND: ClassVar[str] = "memory_significance_set"
+    VERSION: ClassVar[int] = 1
+
+    memory_id: int
+    score: int
+    model: str
+
+
+@dataclass(frozen=True)
+class MemorySignificanceFailed:
+    """Scoring a memory gave no usable answer after bounded retries."""
+
+    KIND: ClassVar[str] = "memory_significance_failed"
+    VERSION: ClassVar[int] = 1
+
+    memory_id: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class MemoryPinChanged:
+    """A memory was pinned or unpinned, automatically or by a person."""
+
+    KIND: ClassVar[str] = "memory_pin_changed"
+    VERSION: ClassVar[int] = 1
+
+    memory_id: int
+    pinned: bool
+    auto: bool
+    actor_id: int | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class MemoryForgotten:
+    """Someone asked the bot to forget a memory; its text is gone everywhere."""
+
+    KIND: ClassVar[str] = "memory_forgotten"
+    VERSION: ClassVar[int] = 1
+
+    memory_id: int
+    actor_id: int | None = None
+
+
+Event = MemoryWritten | MemorySignificanceSet | MemorySignificanceFailed | MemoryPinChanged | MemoryForgotten
+
+EVENT_TYPES: dict[str, type] = {
+    cls.KIND: cls
+    for cls in (
+        MemoryWritten,
+        MemorySignificanceSet,
+        MemorySignificanceFailed,
+        MemoryPinChanged,
+        MemoryForgotten,
+    )
+}
+
+# (kind, from_version) -> function turning that payload into the next version.
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+UPCASTERS: dict[tuple[str, int], Upcaster] = {}
+
+
+class UnknownEvent(Exception):
+    """The log holds an event kind or version this code cannot read."""
+
+
+def encode(event: Event) -> tuple[str, int, str]:
+    """(kind, version, JSON payload) for storage."""
+    payload = dataclasses.asdict(event)
+    return event.KIND, event.VERSION, json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+
+
+def decode(kind: str, version: int, payload: str | dict[str, Any]) -> Event:
+    """Rebuild an event from storage, upcasting older payload versions."""
+    cls = EVENT_TYPES.get(kind)
+    if cls is None:
+        raise UnknownEvent(f"unknown event kind {kind!r}")
+    data = json.loads(payload) if isinstance(payload, str) else dict(payload)
+    while version < cls.VERSION:
+        upcast = UPCASTERS.get((kind, version))
+        if upcast is None:
+            raise UnknownEvent(f"no upcaster for {kind} v{version}")
+        data = upcast(data)
+        version += 1
+    if version != cls.VERSION:
+        raise UnknownEvent(f"{kind} v{version} is newer than this code's v{cls.VERSION}")
+    return cls(**data)

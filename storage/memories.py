@@ -1,0 +1,248 @@
+"""Reads of the memory projection. Every function takes the scope it reads.
+
+Reads run on the reader connection, so a long search never waits behind a
+write and never holds one up.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import aiosqlite
+
+from storage.scope import Scope
+
+MAX_SCORING_FAILURES = 3
+
+_COLUMNS = (
+    "id, bot_id, scope_kind, scope_id, channel_id, author_id, author_name, bot_name,"
+    " user_text, reply_text, user_message_id, created_at, significance, scoring_failures,"
+    " pinned, pin_auto"
+)
+_SCOPE_FILTER = "bot_id = ? AND scope_kind = ? AND scope_id = ?"
+
+
+@dataclass(frozen=True)
+class Memory:
+    id: int
+    scope: Scope
+    channel_id: int
+    author_id: int
+    author_name: str
+    bot_name: str
+    user_text: str
+    reply_text: str
+    user_message_id: int | None
+    created_at: float
+    significance: int | None
+    scoring_failures: int
+    pinned: bool
+    pin_auto: bool | None
+
+    @property
+    def text(self) -> str:
+        """The memory as a short narrative of its turn."""
+        return narrate(self.author_name, self.user_text, self.bot_name, self.reply_text)
+
+    @property
+    def scoring_gave_up(self) -> bool:
+        return self.significance is None and self.scoring_failures >= MAX_SCORING_FAILURES
+
+
+@dataclass(frozen=True)
+class RecalledMemory:
+    memory: Memory
+    relevance: float  # bm25, negated so that higher is better
+
+
+def narrate(author_name: str, user_text: str, bot_name: str, reply_text: str) -> str:
+    return f"{author_name} said: {user_text}\n{bot_name} replied: {reply_text}"
+
+
+def _memory(row: tuple) -> Memory:
+    return Memory(
+        id=row[0],
+        scope=Scope(row[1], row[2], row[3]),
+        channel_id=row[4],
+        author_id=row[5],
+        author_name=row[6],
+        bot_name=row[7],
+        user_text=row[8],
+        reply_text=row[9],
+        user_message_id=row[10],
+        created_at=row[11],
+        significance=row[12],
+        scoring_failures=row[13],
+        pinned=bool(row[14]),
+        pin_auto=None if row[15] is None else bool(row[15]),
+    )
+
+
+def _scope_params(scope: Scope) -> tuple[int, str, int]:
+    return (scope.bot_id, scope.kind, scope.id)
+
+
+async def get_memory(conn: aiosqlite.Connection, scope: Scope, memory_id: int) -> Memory | None:
+    """The memory with this id in this scope, or None (unknown, forgotten or elsewhere)."""
+    async with conn.execute(
+        f"SELECT {_COLUMNS} FROM memories WHERE id = ? AND {_SCOPE_FILTER}",
+        (memory_id, *_scope_params(scope)),
+    ) as cursor:
+        row = await cursor.fetchone()
+    return _memory(row) if row else None
+
+
+async def pinned_memories(conn: aiosqlite.Connection, scope: Scope) -> list[Memory]:
+    """Every pinned memory of the scope, oldest first."""
+    async with conn.execute(
+        f"SELECT {_COLUMNS} FROM memories WHERE {_SCOPE_FILTER} AND pinned = 1 ORDER BY id",
+        _scope_params(scope),
+    ) as cursor:
+        return [_memory(row) for row in await cursor.fetchall()]
+
+
+async def recent_memories(
+    conn: aiosqlite.Connection, scope: Scope, channel_id: int, limit: int
+) -> list[Memory]:
+    """The channel's last `limit` remembered turns, oldest first."""
+    if limit <= 0:
+        return []
+    async with conn.execute(
+        f"SELECT {_COLUMNS} FROM memories WHERE {_SCOPE_FILTER} AND channel_id = ? ORDER BY id DESC LIMIT ?",
+        (*_scope_params(scope), channel_id, limit),
+    ) as cursor:
+        rows = await cursor.fetchall()
+    return [_memory(row) for row in reversed(rows)]
+
+
+async def list_memories(
+    conn: aiosqlite.Connection,
+    scope: Scope,
+    *,
+    pinned_only: bool = False,
+    before_id: int | None = None,
+    limit: int = 10,
+) -> list[Memory]:
+    """The scope's memories, newest first, optionally only pinned, paged by id."""
+    sql = f"SELECT {_COLUMNS} FROM memories WHERE {_SCOPE_FILTER}"
+    params: list = list(_scope_params(scope))
+    if pinned_only:
+        sql += " AND pinned = 1"
+    if before_id is not None:
+        sql += " AND id < ?"
+        params.append(before_id)
+    sql += " ORDER BY id DESC LIMIT ?"
+    params.append(limit)
+    async with conn.execute(sql, params) as cursor:
+        return [_memory(row) for row in await cursor.fetchall()]
+
+
+async def count_memories(conn: aiosqlite.Connection, scope: Scope, *, pinned_only: bool = False) -> int:
+    sql = f"SELECT count(*) FROM memories WHERE {_SCOPE_FILTER}"
+    if pinned_only:
+        sql += " AND pinned = 1"
+    async with conn.execute(sql, _scope_params(scope)) as cursor:
+        row = await cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
+# Words too common to say anything about what a memory is about.
+STOPWORDS = frozenset(
+    """
+    a about above after again against all am an and any are as at be because been before being
+    below between both but by can could did do does doing down during each few for from further
+    had has have having he her here hers herself him himself his how i if in into is it its
+    itself just me more most my myself no nor not now of off on once only or other our ours
+    ourselves out over own same she should so some such than that the their theirs them
+    themselves then there these they this those through to too under until up very was we were
+    what when where which while who whom why will with would you your yours yourself yourselves
+    im ive id ill youre dont doesnt didnt cant wont isnt arent wasnt hey hi hello yeah yes ok okay
+    lol please thanks thank really just like also get got know think want tell say said
+    """.split()
+)
+MAX_QUERY_TERMS = 12
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def search_terms(text: str) -> list[str]:
+    """The distinct content words of `text`, longest first, at most MAX_QUERY_TERMS."""
+    seen: dict[str, None] = {}
+    for match in _WORD.finditer(text.casefold()):
+        word = match.group().replace("_", "")
+        if len(word) < 2 or word in STOPWORDS or (word.isdigit() and len(word) < 3):
+            continue
+        seen.setdefault(word, None)
+    # Longer words tend to be rarer and more telling.
+    return sorted(seen, key=len, reverse=True)[:MAX_QUERY_TERMS]
+
+
+def fts_query(scope: Scope, terms: list[str]) -> str:
+    """An FTS5 query matching any of `terms` inside the scope's own token.
+
+    Every term is quoted, so nothing a user types is parsed as FTS syntax.
+    """
+    quoted = " OR ".join(f'"{term}"' for term in terms)
+    return f'scope_token : "{scope.token}" AND ({quoted})'
+
+
+async def search_memories(
+    conn: aiosqlite.Connection, scope: Scope, text: str, limit: int
+) -> list[RecalledMemory]:
+    """Memories of the scope matching the words of `text`, best BM25 match first."""
+    terms = search_terms(text)
+    if not terms or limit <= 0:
+        return []
+    # The scope is checked twice: by its FTS token, which keeps the match
+    # set small, and by the projection's own columns, which is the guarantee.
+    sql = (
+        f"SELECT {', '.join('m.' + c.strip() for c in _COLUMNS.split(','))},"
+        " bm25(memories_fts, 0.0, 0.5, 1.0, 0.75) AS score"
+        " FROM memories_fts JOIN memories AS m ON m.id = memories_fts.rowid"
+        " WHERE memories_fts MATCH ? AND m.bot_id = ? AND m.scope_kind = ? AND m.scope_id = ?"
+        " ORDER BY score LIMIT ?"
+    )
+    async with conn.execute(sql, (fts_query(scope, terms), *_scope_params(scope), limit)) as cursor:
+        rows = await cursor.fetchall()
+    return [RecalledMemory(_memory(row[:-1]), -row[-1]) for row in rows]
+
+
+async def memory_scope(conn: aiosqlite.Connection, memory_id: int) -> Scope | None:
+    """The scope a memory belongs to (no text), for background work that starts from an id."""
+    async with conn.execute(
+        "SELECT bot_id, scope_kind, scope_id FROM memories WHERE id = ?", (memory_id,)
+    ) as cursor:
+        row = await cursor.fetchone()
+    return Scope(row[0], row[1], row[2]) if row else None
+
+
+async def memories_before(
+    conn: aiosqlite.Connection, scope: Scope, channel_id: int, before_id: int, limit: int
+) -> list[Memory]:
+    """The channel's turns just before memory `before_id`, oldest first."""
+    async with conn.execute(
+        f"SELECT {_COLUMNS} FROM memories WHERE {_SCOPE_FILTER} AND channel_id = ? AND id < ?"
+        " ORDER BY id DESC LIMIT ?",
+        (*_scope_params(scope), channel_id, before_id, limit),
+    ) as cursor:
+        rows = await cursor.fetchall()
+    return [_memory(row) for row in reversed(rows)]
+
+
+async def unscored_memory_ids(conn: aiosqlite.Connection, *, after_id: int, limit: int) -> list[int]:
+    """Ids of memories still waiting for a score, oldest first, past `after_id`."""
+    async with conn.execute(
+        "SELECT id FROM memories WHERE significance IS NULL AND id > ? AND scoring_failures < ?"
+        " ORDER BY id LIMIT ?",
+        (after_id, MAX_SCORING_FAILURES, limit),
+    ) as cursor:
+        return [row[0] for row in await cursor.fetchall()]
+
+
+async def count_unscored(conn: aiosqlite.Connection) -> int:
+    async with conn.execute(
+        "SELECT count(*) FROM memories WHERE significance IS NULL AND scoring_failures < ?",
+        (MAX_SCORING_FAILURES,),
+    ) as cursor:
+        row = await cursor.fetchone()
+    return int(row[0]) if row else 0

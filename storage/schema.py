@@ -1,0 +1,146 @@
+"""Versioned schema migrations, recorded in the database itself.
+
+Each migration runs once, in its own transaction, and appends a row to
+`schema_migrations`. A database whose version is newer than this code knows
+is refused rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import time
+
+from storage.sqlite import sqlite3
+
+# The projection tables, separate from the log so a rebuild can drop and
+# recreate them. The FTS table indexes the memory text through external
+# content; `secure-delete` makes FTS deletes remove the words physically.
+PROJECTION_DDL = """
+CREATE TABLE memories (
+    id INTEGER PRIMARY KEY,
+    written_seq INTEGER NOT NULL REFERENCES events(seq),
+    bot_id INTEGER NOT NULL,
+    scope_kind TEXT NOT NULL CHECK (scope_kind IN ('guild', 'dm')),
+    scope_id INTEGER NOT NULL,
+    scope_token TEXT NOT NULL,
+    channel_id INTEGER NOT NULL,
+    author_id INTEGER NOT NULL,
+    author_name TEXT NOT NULL,
+    bot_name TEXT NOT NULL,
+    user_text TEXT NOT NULL,
+    reply_text TEXT NOT NULL,
+    user_message_id INTEGER,
+    created_at REAL NOT NULL,
+    significance INTEGER CHECK (significance BETWEEN 0 AND 3),
+    scoring_failures INTEGER NOT NULL DEFAULT 0,
+    pinned INTEGER NOT NULL DEFAULT 0,
+    pin_auto INTEGER,
+    pinned_seq INTEGER
+);
+CREATE INDEX memories_by_scope ON memories (bot_id, scope_kind, scope_id, id);
+CREATE INDEX memories_by_channel ON memories (bot_id, channel_id, id);
+CREATE INDEX memories_pinned ON memories (bot_id, scope_kind, scope_id, id) WHERE pinned = 1;
+CREATE INDEX memories_unscored ON memories (id) WHERE significance IS NULL;
+CREATE VIRTUAL TABLE memories_fts USING fts5 (
+    scope_token, author_name, user_text, reply_text,
+    content = 'memories', content_rowid = 'id',
+    tokenize = 'unicode61 remove_diacritics 2'
+);
+INSERT INTO memories_fts (memories_fts, rank) VALUES ('secure-delete', 1);
+CREATE TABLE projection_state (
+    name TEXT PRIMARY KEY,
+    last_seq INTEGER NOT NULL
+);
+INSERT INTO projection_state (name, last_seq) VALUES ('memories', 0);
+"""
+
+PROJECTION_TABLES = ("memories_fts", "memories", "projection_state")
+
+_V1_LOG = """
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    payload TEXT NOT NULL CHECK (json_valid(payload)),
+    recorded_at REAL NOT NULL
+);
+-- The log is append-only. The one permitted change is a redaction, which
+-- forgetting a memory needs: the row stays and its text goes.
+CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+BEGIN
+    SELECT RAISE(ABORT, 'events are append-only');
+END;
+CREATE TRIGGER events_only_redact BEFORE UPDATE ON events
+WHEN NEW.seq IS NOT OLD.seq OR NEW.kind IS NOT OLD.kind OR NEW.version IS NOT OLD.version
+    OR NEW.recorded_at IS NOT OLD.recorded_at
+    OR json_extract(NEW.payload, '$.redacted') IS NOT 1
+BEGIN
+    SELECT RAISE(ABORT, 'events are append-only; only redaction is allowed');
+END;
+"""
+
+MIGRATIONS: tuple[tuple[int, str, str], ...] = (
+    (1, "event log and memory projections", _V1_LOG + PROJECTION_DDL),
+)
+
+LATEST_VERSION = MIGRATIONS[-1][0]
+
+
+class SchemaTooNew(Exception):
+    """The database was written by a newer version of the bot."""
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The highest migration applied, 0 for an empty database."""
+    exists = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+    ).fetchone()
+    if not exists:
+        return 0
+    (version,) = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
+    return int(version)
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema up to date; returns the version now in place."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+    )
+    current = schema_version(conn)
+    if current > LATEST_VERSION:
+        raise SchemaTooNew(
+            f"the database has schema version {current}, newer than this bot's {LATEST_VERSION}"
+        )
+    for version, name, ddl in MIGRATIONS:
+        if version <= current:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in split_script(ddl):
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                (version, name, time.time()),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        current = version
+    return current
+
+
+def split_script(script: str) -> list[str]:
+    """Split DDL into statements, keeping trigger bodies whole."""
+    statements: list[str] = []
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        if line.strip().startswith("--") and not buffer.strip():
+            continue
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip():
+        statements.append(buffer.strip())
+    return statements

@@ -76,6 +76,11 @@ class CompanionBot(commands.Bot):
         await self.scoring.stop()
         await super().close()
 
+    async def release_resources(self) -> None:
+        """Close the LLM client and the database; call once the bot is closed."""
+        await self.llm.close()
+        await self.db.close()
+
     async def on_message(self, message: discord.Message, /) -> None:
         # There are no prefix commands; the chat cog handles every message.
         return
@@ -91,12 +96,21 @@ def point_discord_at(config: Config) -> None:
     discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(config.discord.gateway_url)
 
 
-async def run_bot(config: Config) -> int:
-    token = config.discord_token()
+async def create_bot(config: Config, **client_options: Any) -> CompanionBot:
+    """Open the database and the LLM client and build a bot that owns them."""
     llm = LLMClient(config.llm, config.llm_api_key())
     point_discord_at(config)
-    db = await Database.open(config.storage.database_path)
-    bot = CompanionBot(config, db, llm)
+    try:
+        db = await Database.open(config.storage.database_path)
+    except BaseException:
+        await llm.close()
+        raise
+    return CompanionBot(config, db, llm, **client_options)
+
+
+async def run_bot(config: Config) -> int:
+    token = config.discord_token()
+    bot = await create_bot(config)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, lambda: asyncio.ensure_future(bot.close()))
@@ -116,16 +130,13 @@ async def run_bot(config: Config) -> int:
         )
         return 1
     finally:
-        await llm.close()
-        await db.close()
+        await bot.release_resources()
     return 0
 
 
 def cmd_rebuild(config: Config) -> int:
     report = rebuild_projections(config.storage.database_path)
-    print(
-        f"rebuilt projections from {report.events} events (up to #{report.last_seq}) in {report.seconds:.2f}s"
-    )
+    print(f"rebuilt projections from {report.events} events (up to #{report.last_seq}) in {report.seconds:.2f}s")
     return 0
 
 

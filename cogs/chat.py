@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 TYPING_REFRESH_SECONDS = 8.0
 BUSY_REPLY = "I'm still catching up on earlier messages in this channel. Please try again in a moment."
+INTERNAL_ERROR_REPLY = "Sorry, something went wrong on my side with that one. My owner can find it in the logs."
 EMPTY_MESSAGE_TEXT = "(they mentioned you without saying anything)"
 # C0 control characters other than tab and newline: they only confuse models.
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -50,9 +51,7 @@ class Chat(commands.Cog):
             return
         accepted = self.lanes.submit(message.channel.id, lambda: self.handle_turn(message))
         if not accepted:
-            log.warning(
-                "channel %s is over its pending limit; told %s", message.channel.id, message.author.id
-            )
+            log.warning("channel %s is over its pending limit; told %s", message.channel.id, message.author.id)
             await self._send_quietly(message, BUSY_REPLY)
 
     async def should_answer(self, message: discord.Message) -> bool:
@@ -89,6 +88,13 @@ class Chat(commands.Cog):
         return original.author.id == self.bot.user.id
 
     async def handle_turn(self, message: discord.Message) -> None:
+        try:
+            await self._run_turn(message)
+        except Exception:
+            log.exception("turn for message %s in channel %s failed", message.id, message.channel.id)
+            await self._send_quietly(message, INTERNAL_ERROR_REPLY)
+
+    async def _run_turn(self, message: discord.Message) -> None:
         turn = self.incoming_turn(message)
         typing = asyncio.create_task(self._keep_typing(message.channel))
         try:
@@ -145,16 +151,20 @@ class Chat(commands.Cog):
         for index, chunk in enumerate(split_message(text)):
             try:
                 if index == 0:
-                    await message.reply(chunk, mention_author=False, fail_if_not_exists=False)
+                    await self._reply(message, chunk)
                 else:
                     await message.channel.send(chunk)
             except discord.HTTPException as exc:
-                log.error(
-                    "could not send reply chunk %d in channel %s: %s", index + 1, message.channel.id, exc
-                )
+                log.error("could not send reply chunk %d in channel %s: %s", index + 1, message.channel.id, exc)
                 break
             delivered.append(chunk)
         return delivered
+
+    @staticmethod
+    async def _reply(message: discord.Message, text: str) -> discord.Message:
+        # Still answer if the user deleted their message meanwhile.
+        reference = message.to_reference(fail_if_not_exists=False)
+        return await message.channel.send(text, reference=reference, mention_author=False)
 
     async def _keep_typing(self, channel: discord.abc.Messageable) -> None:
         while True:
@@ -167,7 +177,7 @@ class Chat(commands.Cog):
 
     async def _send_quietly(self, message: discord.Message, text: str) -> None:
         try:
-            await message.reply(text, mention_author=False, fail_if_not_exists=False)
+            await self._reply(message, text)
         except discord.HTTPException as exc:
             log.warning("could not tell channel %s: %s", message.channel.id, exc)
 

@@ -138,16 +138,12 @@ def _fit_recent(recent: Sequence[Memory], max_chars: int) -> tuple[list[dict[str
     chosen.reverse()
     messages: list[dict[str, str]] = []
     for memory in chosen:
-        messages.append(
-            {"role": "user", "content": clip(f"{memory.author_name}: {memory.user_text}", MAX_ITEM_CHARS)}
-        )
+        messages.append({"role": "user", "content": clip(f"{memory.author_name}: {memory.user_text}", MAX_ITEM_CHARS)})
         messages.append({"role": "assistant", "content": clip(memory.reply_text, MAX_ITEM_CHARS)})
     return messages, [m.id for m in chosen], used
 
 
-def rank_recalled(
-    candidates: Sequence[tuple[Memory, float]], *, now: float | None = None, limit: int
-) -> list[Memory]:
+def rank_recalled(candidates: Sequence[tuple[Memory, float]], *, now: float | None = None, limit: int) -> list[Memory]:
     """Order recall candidates by relevance, boosted by significance and recency.
 
     `candidates` pairs each memory with its text relevance (higher is

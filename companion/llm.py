@@ -51,9 +51,7 @@ class Completion:
 class LLMClient:
     """Chat and classification calls against one OpenAI-compatible endpoint."""
 
-    def __init__(
-        self, config: LLMConfig, api_key: str, *, http_client: httpx2.AsyncClient | None = None
-    ) -> None:
+    def __init__(self, config: LLMConfig, api_key: str, *, http_client: httpx2.AsyncClient | None = None) -> None:
         self.config = config
         self._client = AsyncOpenAI(
             base_url=config.base_url,
@@ -104,9 +102,7 @@ class LLMClient:
         return Completion(text=text, finish_reason=choice.finish_reason, model=response.model or model)
 
     async def chat(self, messages: list[dict[str, str]]) -> Completion:
-        return await self.complete(
-            messages, model=self.config.chat_model, max_tokens=self.config.max_reply_tokens
-        )
+        return await self.complete(messages, model=self.config.chat_model, max_tokens=self.config.max_reply_tokens)
 
     async def close(self) -> None:
         await self._client.close()

@@ -46,9 +46,7 @@ class ChannelLanes:
             return False
         lane.jobs.append(job)
         if lane.runner is None:
-            lane.runner = asyncio.create_task(
-                self._drain(channel_id, lane), name=f"channel-lane-{channel_id}"
-            )
+            lane.runner = asyncio.create_task(self._drain(channel_id, lane), name=f"channel-lane-{channel_id}")
         return True
 
     def pending(self, channel_id: int | None = None) -> int:

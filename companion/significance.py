@@ -145,11 +145,7 @@ class Classifier:
             except LLMError as exc:
                 if exc.kind != "rejected" or exc.status not in (400, 422):
                     raise
-                log.warning(
-                    "classifier endpoint refused structured output (%s); asking for a bare integer", exc
-                )
+                log.warning("classifier endpoint refused structured output (%s); asking for a bare integer", exc)
                 self.structured_output = False
-        completion = await self.llm.complete(
-            messages, model=self.model, max_tokens=MAX_ANSWER_TOKENS, temperature=0
-        )
+        completion = await self.llm.complete(messages, model=self.model, max_tokens=MAX_ANSWER_TOKENS, temperature=0)
         return completion.text

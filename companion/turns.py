@@ -28,9 +28,7 @@ FAILURE_REPLIES = {
     "rate_limited": "Sorry, I'm being rate-limited by my language model right now. Please try again shortly.",
     "connection": "Sorry, I can't reach my language model at the moment. Please try again in a little while.",
     "server": "Sorry, my language model had a problem answering. Please try again in a moment.",
-    "rejected": (
-        "Sorry, my language model refused that request. Try rephrasing, or tell my owner if it persists."
-    ),
+    "rejected": ("Sorry, my language model refused that request. Try rephrasing, or tell my owner if it persists."),
     "empty": "Sorry, I came up empty on that one. Could you try asking again?",
 }
 
@@ -66,9 +64,7 @@ class TurnService:
         memory_config = self.config.memory
         reader = self.db.reader
         pinned = await memories.pinned_memories(reader, turn.scope)
-        recent = await memories.recent_memories(
-            reader, turn.scope, turn.channel_id, memory_config.recent_turns
-        )
+        recent = await memories.recent_memories(reader, turn.scope, turn.channel_id, memory_config.recent_turns)
         recalled: list[memories.Memory] = []
         if memory_config.recall_size > 0:
             candidates = await memories.search_memories(

@@ -73,6 +73,7 @@ class SignificanceWorker:
         self._next_rescan = 0.0
         self._wake = asyncio.Event()
         self._slot_free = asyncio.Event()
+        self._resumed = asyncio.Event()
         self._feeder: asyncio.Task[None] | None = None
         self._paused = False
         self._backoff = 0.0
@@ -117,10 +118,12 @@ class SignificanceWorker:
     def pause(self) -> None:
         """Start no new jobs until `resume` (used while a restore runs)."""
         self._paused = True
+        self._resumed.clear()
 
     def resume(self) -> None:
         """Carry on, walking the unscored memories from the start again."""
         self._paused = False
+        self._resumed.set()
         self._queue.clear()
         self._rescan_now()
 
@@ -150,9 +153,7 @@ class SignificanceWorker:
             errors=self.errors,
             last_success_at=self.last_success_at,
             last_error=self.last_error,
-            backoff_until=self._backoff_until
-            if self._backoff_until and self._backoff_until > time.time()
-            else None,
+            backoff_until=self._backoff_until if self._backoff_until and self._backoff_until > time.time() else None,
         )
 
     async def pending_count(self) -> int:
@@ -182,8 +183,11 @@ class SignificanceWorker:
     async def _feed_once(self) -> None:
         if time.monotonic() >= self._next_rescan:
             self._rescan_now()
-        if self._paused or self._in_backoff():
-            await self._sleep_until_wake(self._backoff_remaining() or 0.5)
+        if self._paused:
+            await self._wait_event(self._resumed, self._seconds_to_rescan())
+            return
+        if self._in_backoff():
+            await asyncio.sleep(self._backoff_remaining())
             return
         if len(self._in_flight) >= self.concurrency:
             self._slot_free.clear()
@@ -232,9 +236,7 @@ class SignificanceWorker:
             memory = await memories.get_memory(reader, scope, memory_id) if scope else None
             if memory is None or memory.significance is not None:
                 return  # forgotten or already scored meanwhile
-            earlier = await memories.memories_before(
-                reader, scope, memory.channel_id, memory_id, MAX_CONTEXT_TURNS
-            )
+            earlier = await memories.memories_before(reader, scope, memory.channel_id, memory_id, MAX_CONTEXT_TURNS)
             score = await self.classifier.score(memory, earlier)
             outcome = await record_significance(
                 self.db, memory_id, score.value, model=score.model, pin_cap=self.pin_cap

@@ -37,9 +37,7 @@ def _requirements_hash(requirement_files: list[Path]) -> str:
 def ensure_venv(requirements: str) -> Path:
     """Make sure `.venv` exists with `requirements` installed; returns its python."""
     if sys.version_info < MIN_PYTHON:
-        sys.exit(
-            f"error: Python {'.'.join(map(str, MIN_PYTHON))}+ is needed, this is {sys.version.split()[0]}"
-        )
+        sys.exit(f"error: Python {'.'.join(map(str, MIN_PYTHON))}+ is needed, this is {sys.version.split()[0]}")
     files = [ROOT / requirements]
     if requirements != "requirements.txt":
         files.append(ROOT / "requirements.txt")

@@ -76,9 +76,7 @@ async def write_memory(db: Database, turn: TurnRecord) -> int:
         return await append(tx, event)
 
 
-async def record_significance(
-    db: Database, memory_id: int, score: int, *, model: str, pin_cap: int
-) -> ScoringOutcome:
+async def record_significance(db: Database, memory_id: int, score: int, *, model: str, pin_cap: int) -> ScoringOutcome:
     """Record a memory's score once; a pivotal score pins it within the cap.
 
     Scoring a memory that already has a score, or that was forgotten,
@@ -107,17 +105,13 @@ async def record_scoring_failure(db: Database, memory_id: int, reason: str) -> b
         return True
 
 
-async def pin_memory(
-    db: Database, scope: Scope, memory_id: int, *, actor_id: int, pin_cap: int
-) -> PinOutcome:
+async def pin_memory(db: Database, scope: Scope, memory_id: int, *, actor_id: int, pin_cap: int) -> PinOutcome:
     """Pin by hand. A manual pin is never evicted; it may push out the oldest auto-pin."""
     async with db.transaction() as tx:
         memory = await _scoped_memory(tx, scope, memory_id)
         if memory.pinned and not memory.pin_auto:
             return PinOutcome(changed=False, memory=memory)
-        await append(
-            tx, MemoryPinChanged(memory_id, pinned=True, auto=False, actor_id=actor_id, reason="manual")
-        )
+        await append(tx, MemoryPinChanged(memory_id, pinned=True, auto=False, actor_id=actor_id, reason="manual"))
         unpinned = await _evict_over_cap(tx, scope, pin_cap, protect=memory_id)
         return PinOutcome(changed=True, memory=await _scoped_memory(tx, scope, memory_id), unpinned=unpinned)
 
@@ -127,9 +121,7 @@ async def unpin_memory(db: Database, scope: Scope, memory_id: int, *, actor_id: 
         memory = await _scoped_memory(tx, scope, memory_id)
         if not memory.pinned:
             return PinOutcome(changed=False, memory=memory)
-        await append(
-            tx, MemoryPinChanged(memory_id, pinned=False, auto=False, actor_id=actor_id, reason="manual")
-        )
+        await append(tx, MemoryPinChanged(memory_id, pinned=False, auto=False, actor_id=actor_id, reason="manual"))
         return PinOutcome(changed=True, memory=await _scoped_memory(tx, scope, memory_id))
 
 
@@ -143,9 +135,7 @@ async def forget_memory(db: Database, scope: Scope, memory_id: int, *, actor_id:
 
 
 async def _auto_pin(tx: aiosqlite.Connection, memory_id: int, pin_cap: int) -> tuple[bool, tuple[int, ...]]:
-    row = await _fetch_one(
-        tx, "SELECT bot_id, scope_kind, scope_id, pinned FROM memories WHERE id = ?", (memory_id,)
-    )
+    row = await _fetch_one(tx, "SELECT bot_id, scope_kind, scope_id, pinned FROM memories WHERE id = ?", (memory_id,))
     if row is None or row[3]:
         return False, ()
     scope = Scope(row[0], row[1], row[2])
@@ -169,9 +159,7 @@ async def _auto_pin(tx: aiosqlite.Connection, memory_id: int, pin_cap: int) -> t
     return pinned, evicted
 
 
-async def _evict_over_cap(
-    tx: aiosqlite.Connection, scope: Scope, pin_cap: int, *, protect: int
-) -> tuple[int, ...]:
+async def _evict_over_cap(tx: aiosqlite.Connection, scope: Scope, pin_cap: int, *, protect: int) -> tuple[int, ...]:
     pinned_count, auto_ids = await _pin_census(tx, scope)
     excess = max(0, pinned_count - pin_cap)
     evicted = tuple(i for i in sorted(auto_ids) if i != protect)[:excess]
@@ -183,8 +171,7 @@ async def _evict_over_cap(
 async def _pin_census(tx: aiosqlite.Connection, scope: Scope) -> tuple[int, list[int]]:
     """How many memories of the scope are pinned, and which of them automatically."""
     async with tx.execute(
-        "SELECT id, pin_auto FROM memories"
-        " WHERE bot_id = ? AND scope_kind = ? AND scope_id = ? AND pinned = 1",
+        "SELECT id, pin_auto FROM memories WHERE bot_id = ? AND scope_kind = ? AND scope_id = ? AND pinned = 1",
         (scope.bot_id, scope.kind, scope.id),
     ) as cursor:
         rows = await cursor.fetchall()

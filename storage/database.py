@@ -42,9 +42,7 @@ class Database:
         log.info("database %s open (schema v%s, SQLite %s)", path, version, sqlite.sqlite_version)
         writer = await aiosqlite.Connection(lambda: sqlite.connect(path), ITER_CHUNK_ROWS)
         try:
-            reader = await aiosqlite.Connection(
-                lambda: sqlite.connect(path, query_only=True), ITER_CHUNK_ROWS
-            )
+            reader = await aiosqlite.Connection(lambda: sqlite.connect(path, query_only=True), ITER_CHUNK_ROWS)
         except BaseException:
             await writer.close()
             raise

@@ -42,9 +42,7 @@ class MemoryWritten:
 
     def redact(self) -> MemoryWritten:
         """The same event with every piece of text dropped."""
-        return dataclasses.replace(
-            self, author_name="", bot_name="", user_text="", reply_text="", redacted=True
-        )
+        return dataclasses.replace(self, author_name="", bot_name="", user_text="", reply_text="", redacted=True)
 
 
 @dataclass(frozen=True)

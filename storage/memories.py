@@ -102,9 +102,7 @@ async def pinned_memories(conn: aiosqlite.Connection, scope: Scope) -> list[Memo
         return [_memory(row) for row in await cursor.fetchall()]
 
 
-async def recent_memories(
-    conn: aiosqlite.Connection, scope: Scope, channel_id: int, limit: int
-) -> list[Memory]:
+async def recent_memories(conn: aiosqlite.Connection, scope: Scope, channel_id: int, limit: int) -> list[Memory]:
     """The channel's last `limit` remembered turns, oldest first."""
     if limit <= 0:
         return []
@@ -186,9 +184,7 @@ def fts_query(scope: Scope, terms: list[str]) -> str:
     return f'scope_token : "{scope.token}" AND ({quoted})'
 
 
-async def search_memories(
-    conn: aiosqlite.Connection, scope: Scope, text: str, limit: int
-) -> list[RecalledMemory]:
+async def search_memories(conn: aiosqlite.Connection, scope: Scope, text: str, limit: int) -> list[RecalledMemory]:
     """Memories of the scope matching the words of `text`, best BM25 match first."""
     terms = search_terms(text)
     if not terms or limit <= 0:
@@ -209,9 +205,7 @@ async def search_memories(
 
 async def memory_scope(conn: aiosqlite.Connection, memory_id: int) -> Scope | None:
     """The scope a memory belongs to (no text), for background work that starts from an id."""
-    async with conn.execute(
-        "SELECT bot_id, scope_kind, scope_id FROM memories WHERE id = ?", (memory_id,)
-    ) as cursor:
+    async with conn.execute("SELECT bot_id, scope_kind, scope_id FROM memories WHERE id = ?", (memory_id,)) as cursor:
         row = await cursor.fetchone()
     return Scope(row[0], row[1], row[2]) if row else None
 
@@ -221,8 +215,7 @@ async def memories_before(
 ) -> list[Memory]:
     """The channel's turns just before memory `before_id`, oldest first."""
     async with conn.execute(
-        f"SELECT {_COLUMNS} FROM memories WHERE {_SCOPE_FILTER} AND channel_id = ? AND id < ?"
-        " ORDER BY id DESC LIMIT ?",
+        f"SELECT {_COLUMNS} FROM memories WHERE {_SCOPE_FILTER} AND channel_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
         (*_scope_params(scope), channel_id, before_id, limit),
     ) as cursor:
         rows = await cursor.fetchall()
@@ -232,8 +225,7 @@ async def memories_before(
 async def unscored_memory_ids(conn: aiosqlite.Connection, *, after_id: int, limit: int) -> list[int]:
     """Ids of memories still waiting for a score, oldest first, past `after_id`."""
     async with conn.execute(
-        "SELECT id FROM memories WHERE significance IS NULL AND id > ? AND scoring_failures < ?"
-        " ORDER BY id LIMIT ?",
+        "SELECT id FROM memories WHERE significance IS NULL AND id > ? AND scoring_failures < ? ORDER BY id LIMIT ?",
         (after_id, MAX_SCORING_FAILURES, limit),
     ) as cursor:
         return [row[0] for row in await cursor.fetchall()]

@@ -64,9 +64,7 @@ def replay(conn: sqlite.sqlite3.Connection, *, after_seq: int) -> tuple[int, int
     Returns (events applied, last sequence number). The caller owns the
     transaction and refills the FTS index afterwards.
     """
-    reader = conn.execute(
-        "SELECT seq, kind, version, payload FROM events WHERE seq > ? ORDER BY seq", (after_seq,)
-    )
+    reader = conn.execute("SELECT seq, kind, version, payload FROM events WHERE seq > ? ORDER BY seq", (after_seq,))
     count = 0
     last = after_seq
     while rows := reader.fetchmany(FETCH_ROWS):

@@ -78,9 +78,7 @@ BEGIN
 END;
 """
 
-MIGRATIONS: tuple[tuple[int, str, str], ...] = (
-    (1, "event log and memory projections", _V1_LOG + PROJECTION_DDL),
-)
+MIGRATIONS: tuple[tuple[int, str, str], ...] = ((1, "event log and memory projections", _V1_LOG + PROJECTION_DDL),)
 
 LATEST_VERSION = MIGRATIONS[-1][0]
 
@@ -91,9 +89,7 @@ class SchemaTooNew(Exception):
 
 def schema_version(conn: sqlite3.Connection) -> int:
     """The highest migration applied, 0 for an empty database."""
-    exists = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
-    ).fetchone()
+    exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'").fetchone()
     if not exists:
         return 0
     (version,) = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
@@ -108,9 +104,7 @@ def migrate(conn: sqlite3.Connection) -> int:
     )
     current = schema_version(conn)
     if current > LATEST_VERSION:
-        raise SchemaTooNew(
-            f"the database has schema version {current}, newer than this bot's {LATEST_VERSION}"
-        )
+        raise SchemaTooNew(f"the database has schema version {current}, newer than this bot's {LATEST_VERSION}")
     for version, name, ddl in MIGRATIONS:
         if version <= current:
             continue

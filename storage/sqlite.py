@@ -41,9 +41,7 @@ CONNECTION_PRAGMAS = (
 )
 
 
-def connect(
-    path: Path | str, *, query_only: bool = False, check_same_thread: bool = True
-) -> sqlean.Connection:
+def connect(path: Path | str, *, query_only: bool = False, check_same_thread: bool = True) -> sqlean.Connection:
     """Open a connection in autocommit mode (we issue BEGIN ourselves) with our PRAGMAs."""
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=check_same_thread)
     for pragma in CONNECTION_PRAGMAS:

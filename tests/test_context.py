@@ -12,9 +12,7 @@ NOW = 1_800_000_000.0
 SCOPE = Scope.for_guild(1, 10)
 
 
-def memory(
-    memory_id: int, text: str = "text", *, days_old: float = 0, significance: int | None = None
-) -> Memory:
+def memory(memory_id: int, text: str = "text", *, days_old: float = 0, significance: int | None = None) -> Memory:
     return Memory(
         id=memory_id,
         scope=SCOPE,
@@ -34,9 +32,7 @@ def memory(
 
 
 def parts(**kwargs) -> PromptParts:
-    defaults = dict(
-        persona_name="Mnemo", system_prompt="You are Mnemo.", message=IncomingMessage("bob", "hi")
-    )
+    defaults = dict(persona_name="Mnemo", system_prompt="You are Mnemo.", message=IncomingMessage("bob", "hi"))
     return PromptParts(**{**defaults, **kwargs})
 
 
@@ -80,9 +76,7 @@ def test_budget_is_respected_and_pins_always_survive():
 def test_recall_skips_what_is_already_shown():
     pinned = [memory(1)]
     recent = [memory(2)]
-    prompt = build_prompt(
-        parts(pinned=pinned, recent=recent, recalled=[memory(1), memory(2), memory(3)]), 2000
-    )
+    prompt = build_prompt(parts(pinned=pinned, recent=recent, recalled=[memory(1), memory(2), memory(3)]), 2000)
     assert prompt.recalled_ids == [3]
 
 

@@ -33,9 +33,7 @@ GUILD_B = Scope.for_guild(BOT, 20)
 DM_ALICE = Scope.for_dm(BOT, 7)
 
 
-def turn(
-    scope: Scope, text: str, *, channel_id: int = 5, author_id: int = 7, reply: str = "noted"
-) -> TurnRecord:
+def turn(scope: Scope, text: str, *, channel_id: int = 5, author_id: int = 7, reply: str = "noted") -> TurnRecord:
     return TurnRecord(scope, channel_id, author_id, "alice", "Mnemo", text, reply, user_message_id=99)
 
 

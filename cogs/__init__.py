@@ -1,0 +1,1 @@
+"""Discord-facing handlers, one cog per user-facing area."""

@@ -1,0 +1,1 @@
+"""The bot's domain logic between the cogs and storage."""

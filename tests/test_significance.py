@@ -1,0 +1,188 @@
+"""Significance scoring and auto-pins, end to end through the fakes."""
+
+import asyncio
+import json
+import time
+
+from storage import memories
+from storage.commands import pin_memory
+from tests.fakes.llm_server import Answer, Fail, Hang
+from tests.harness import ALICE, CHAT_MODEL, CLASSIFIER_MODEL, LISTEN_CHANNEL, SCOPE_A
+from tests.projection_check import live_and_rebuilt
+
+
+def pivotal_when_marked(body):
+    """Score 3 for turns that say 'milestone', 0 otherwise."""
+    turn = body["messages"][-1]["content"].split("TURN TO SCORE:", 1)[1]
+    return Answer(json.dumps({"significance": 3 if "milestone" in turn else 0}))
+
+
+async def event_kinds(bot) -> list[str]:
+    async with bot.db.reader.execute("SELECT kind FROM events ORDER BY seq") as cursor:
+        return [row[0] for row in await cursor.fetchall()]
+
+
+async def pinned_ids(bot) -> list[int]:
+    return [m.id for m in await memories.pinned_memories(bot.db.reader, SCOPE_A)]
+
+
+async def test_pivotal_turn_is_pinned_and_reaches_every_later_prompt(harness):
+    harness.llm.responders[CLASSIFIER_MODEL] = pivotal_when_marked
+    bot = await harness.start_bot()
+    await harness.say(LISTEN_CHANNEL, ALICE, "big milestone: I passed my driving test today")
+    await harness.wait_for_memories(1)
+    await harness.wait_until_scored()
+    assert len(await pinned_ids(bot)) == 1
+    # The classifier saw the turn and was asked for structured output.
+    request = harness.llm.requests_for(CLASSIFIER_MODEL)[0].body
+    assert "passed my driving test" in request["messages"][-1]["content"]
+    assert request["response_format"]["type"] == "json_schema"
+
+    await harness.say(LISTEN_CHANNEL, ALICE, "what's for dinner")
+    system_prompt = harness.llm.requests_for(CHAT_MODEL)[-1].body["messages"][0]["content"]
+    assert "passed my driving test" in system_prompt
+
+
+async def test_ten_pivotal_turns_leave_eight_pins_and_the_oldest_go(harness):
+    harness.llm.responders[CLASSIFIER_MODEL] = pivotal_when_marked
+    bot = await harness.start_bot()
+    for i in range(10):
+        await harness.say(LISTEN_CHANNEL, ALICE, f"milestone number {i}")
+    await harness.wait_for_memories(10)
+    await harness.wait_until_scored()
+    all_ids = [m.id for m in reversed(await memories.list_memories(bot.db.reader, SCOPE_A, limit=20))]
+    assert await pinned_ids(bot) == all_ids[2:]
+    kinds = await event_kinds(bot)
+    assert kinds.count("memory_significance_set") == 10
+
+
+async def test_manual_pin_survives_auto_pin_pressure(harness):
+    harness.llm.responders[CLASSIFIER_MODEL] = lambda body: Answer("0")
+    bot = await harness.start_bot()
+    await harness.say(LISTEN_CHANNEL, ALICE, "remember my allergy to peanuts")
+    await harness.wait_for_memories(1)
+    await harness.wait_until_scored()
+    [memory] = await memories.list_memories(bot.db.reader, SCOPE_A)
+    await pin_memory(bot.db, SCOPE_A, memory.id, actor_id=ALICE, pin_cap=8)
+
+    harness.llm.responders[CLASSIFIER_MODEL] = pivotal_when_marked
+    for i in range(10):
+        await harness.say(LISTEN_CHANNEL, ALICE, f"milestone {i}")
+    await harness.wait_for_memories(11)
+    await harness.wait_until_scored()
+    pinned = await memories.pinned_memories(bot.db.reader, SCOPE_A)
+    assert len(pinned) == 8
+    assert pinned[0].id == memory.id and pinned[0].pin_auto is False
+
+
+async def test_classifier_500_then_success_scores_once(harness):
+    harness.llm.script(CLASSIFIER_MODEL, Fail(500), Answer('{"significance": 2}'))
+    bot = await harness.start_bot()
+    await harness.say(LISTEN_CHANNEL, ALICE, "hello")
+    await harness.wait_for_memories(1)
+    await harness.wait_until_scored()
+    [memory] = await memories.list_memories(bot.db.reader, SCOPE_A)
+    assert memory.significance == 2
+    assert len(harness.llm.requests_for(CLASSIFIER_MODEL)) == 2
+
+
+async def test_classifier_429_honours_retry_after(harness):
+    harness.llm.script(CLASSIFIER_MODEL, Fail(429, retry_after=1), Answer("2"))
+    bot = await harness.start_bot()
+    await harness.say(LISTEN_CHANNEL, ALICE, "hello")
+    await harness.wait_for_memories(1)
+    await harness.wait_until_scored()
+    first, second = harness.llm.requests_for(CLASSIFIER_MODEL)
+    assert second.time - first.time >= 0.9
+    [memory] = await memories.list_memories(bot.db.reader, SCOPE_A)
+    assert memory.significance == 2
+
+
+async def test_garbage_answers_are_recorded_as_failure_not_a_score(harness):
+    harness.llm.script(CLASSIFIER_MODEL, Answer("very important!"), Answer("7"), Answer("{not json"))
+    harness.llm.responders[CLASSIFIER_MODEL] = lambda body: Answer("banana")
+    bot = await harness.start_bot(memory={"scoring_rescan_seconds": 600})
+    await harness.say(LISTEN_CHANNEL, ALICE, "hello")
+    await harness.wait_for_memories(1)
+    async with asyncio.timeout(10):
+        while "memory_significance_failed" not in await event_kinds(bot):
+            await asyncio.sleep(0.02)
+    [memory] = await memories.list_memories(bot.db.reader, SCOPE_A)
+    assert memory.significance is None and memory.scoring_failures == 1
+    assert "memory_significance_set" not in await event_kinds(bot)
+    assert bot.scoring.status().failures == 1
+
+
+async def test_classifier_hang_beyond_timeout_is_retried_later(harness):
+    harness.llm.script(CLASSIFIER_MODEL, Hang(), Hang())
+    bot = await harness.start_bot(llm={"timeout_seconds": 0.3, "max_retries": 1}, memory={"scoring_rescan_seconds": 1})
+    bot.scoring.backoff_start_seconds = 0.2
+    await harness.say(LISTEN_CHANNEL, ALICE, "hello")
+    await harness.wait_for_memories(1)
+    await harness.wait_until_scored(timeout=15)
+    [memory] = await memories.list_memories(bot.db.reader, SCOPE_A)
+    assert memory.significance == 1
+    assert bot.scoring.status().errors >= 1
+
+
+async def test_chat_keeps_flowing_while_the_classifier_is_down(harness):
+    harness.llm.responders[CLASSIFIER_MODEL] = lambda body: Fail(503)
+    bot = await harness.start_bot(llm={"max_retries": 0}, memory={"scoring_rescan_seconds": 1})
+    bot.scoring.backoff_start_seconds = 0.1
+    bot.scoring.backoff_max_seconds = 0.3
+    started = time.monotonic()
+    for i in range(5):
+        reply = await harness.say(LISTEN_CHANNEL, ALICE, f"message {i}")
+        assert reply["content"].startswith("I hear you")
+    assert time.monotonic() - started < 5
+    await harness.wait_for_memories(5)
+    assert await bot.scoring.pending_count() == 5
+    assert bot.scoring.status().errors >= 1
+
+    # When it comes back, everything gets scored.
+    harness.llm.responders[CLASSIFIER_MODEL] = lambda body: Answer("1")
+    await harness.wait_until_scored(timeout=15)
+    kinds = await event_kinds(bot)
+    assert kinds.count("memory_significance_set") == 5
+
+
+async def test_structured_output_falls_back_to_a_bare_integer(harness):
+    def picky(body):
+        if "response_format" in body:
+            return Fail(400, message="response_format is not supported")
+        return Answer("2")
+
+    harness.llm.responders[CLASSIFIER_MODEL] = picky
+    bot = await harness.start_bot()
+    await harness.say(LISTEN_CHANNEL, ALICE, "hello")
+    await harness.say(LISTEN_CHANNEL, ALICE, "again")
+    await harness.wait_for_memories(2)
+    await harness.wait_until_scored()
+    assert [m.significance for m in await memories.list_memories(bot.db.reader, SCOPE_A)] == [2, 2]
+    with_format = [r for r in harness.llm.requests_for(CLASSIFIER_MODEL) if "response_format" in r.body]
+    assert len(with_format) == 1
+
+
+async def test_scoring_runs_concurrently_up_to_the_limit(harness):
+    harness.llm.responders[CLASSIFIER_MODEL] = lambda body: Answer("1", delay=0.3)
+    bot = await harness.start_bot(memory={"scoring_concurrency": 3})
+    bot.scoring.pause()
+    for i in range(9):
+        await harness.say(LISTEN_CHANNEL, ALICE, f"message {i}")
+    await harness.wait_for_memories(9)
+    started = time.monotonic()
+    bot.scoring.resume()
+    await harness.wait_until_scored()
+    assert harness.llm.max_in_flight == 3
+    assert time.monotonic() - started < 2.0
+
+
+async def test_rebuild_after_scoring_and_pins_equals_live(harness, tmp_path):
+    harness.llm.responders[CLASSIFIER_MODEL] = pivotal_when_marked
+    bot = await harness.start_bot(memory={"pin_cap": 3})
+    for i in range(6):
+        await harness.say(LISTEN_CHANNEL, ALICE, f"milestone {i}" if i % 2 else f"small talk {i}")
+    await harness.wait_for_memories(6)
+    await harness.wait_until_scored()
+    live, rebuilt = live_and_rebuilt(bot.db.path, tmp_path)
+    assert live == rebuilt

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import json
 import logging
 import signal
 import sys
@@ -18,8 +20,10 @@ from typing import Any
 
 import discord
 import yarl
+from discord import app_commands
 from discord.ext import commands
 
+from cogs.replies import UserFacingError, send_ephemeral
 from companion.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
 from companion.llm import LLMClient
 from companion.significance import Classifier
@@ -39,6 +43,27 @@ INITIAL_EXTENSIONS = ("cogs.chat",)
 ALLOWED_MENTIONS = discord.AllowedMentions(everyone=False, roles=False, users=False, replied_user=False)
 
 
+class CompanionTree(app_commands.CommandTree):
+    """The command tree with the bot's one error handler for every slash command."""
+
+    async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError, /) -> None:
+        original = getattr(error, "original", error)
+        if isinstance(original, UserFacingError):
+            text = str(original)
+        elif isinstance(error, app_commands.CheckFailure):
+            text = str(error) or "You're not permitted to use this command."
+        elif isinstance(error, app_commands.TransformerError):
+            text = f"That isn't a valid value for this option: {error.value!r}."
+        else:
+            name = interaction.command.qualified_name if interaction.command else "?"
+            log.error("slash command /%s failed", name, exc_info=original)
+            text = "Sorry, something went wrong running that command. The details are in the bot's log."
+        try:
+            await send_ephemeral(interaction, text)
+        except discord.HTTPException as exc:
+            log.warning("could not report a command error to the user: %s", exc)
+
+
 class CompanionBot(commands.Bot):
     """The bot: owns the turn service and, through its cogs, the Discord side."""
 
@@ -50,6 +75,7 @@ class CompanionBot(commands.Bot):
             help_command=None,
             intents=intents,
             allowed_mentions=ALLOWED_MENTIONS,
+            tree_cls=CompanionTree,
             **client_options,
         )
         self.config = config
@@ -64,13 +90,46 @@ class CompanionBot(commands.Bot):
             rescan_seconds=config.memory.scoring_rescan_seconds,
         )
         self.started_at = time.time()
+        self.app_owner_ids: frozenset[int] = frozenset()
         # Set while a restore runs: messages get this answer instead of a turn.
         self.paused_reason: str | None = None
 
     async def setup_hook(self) -> None:
+        self.app_owner_ids = await self._fetch_app_owner_ids()
         for extension in INITIAL_EXTENSIONS:
             await self.load_extension(extension)
+        await self.sync_commands_if_changed()
         self.scoring.start()
+
+    async def sync_commands_if_changed(self) -> None:
+        """Register the slash commands with Discord, but only when they changed.
+
+        Discord rate-limits command registration, so the last registered set
+        is remembered (as a hash) in the data folder.
+        """
+        payload = [command.to_dict(self.tree) for command in self.tree.get_commands()]
+        digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+        stamp = self.config.storage.data_dir / "registered-commands.sha256"
+        stamp_key = f"{self.application_id}:{digest}"
+        if stamp.exists() and stamp.read_text().strip() == stamp_key:
+            return
+        await self.tree.sync()
+        stamp.write_text(stamp_key + "\n")
+        log.info("registered %d slash commands with Discord", len(payload))
+
+    async def _fetch_app_owner_ids(self) -> frozenset[int]:
+        app = await self.application_info()
+        if app.team:
+            return frozenset(
+                m.id
+                for m in app.team.members
+                if m.role in (discord.TeamMemberRole.admin, discord.TeamMemberRole.developer)
+            )
+        return frozenset({app.owner.id})
+
+    async def is_owner_id(self, user_id: int) -> bool:
+        """Whether the user is one of the bot's owners: `[discord] owner_ids` or the application's owner."""
+        return user_id in self.config.discord.owner_ids or user_id in self.app_owner_ids
 
     async def close(self) -> None:
         await self.scoring.stop()

@@ -1,7 +1,9 @@
 """Entry point: run the companion bot, or manage its data from the command line.
 
-python bot.py [--config PATH]            run the bot
-python bot.py rebuild [--config PATH]    rebuild the projections from the event log
+python bot.py [--config PATH]                  run the bot
+python bot.py rebuild [--full] [--config PATH] rebuild the projections (snapshot + tail, or the whole log)
+python bot.py backup now|list [--config PATH]  take a backup now, or list them
+python bot.py backup verify|restore NAME       check a backup, or restore it (bot stopped)
 """
 
 from __future__ import annotations
@@ -26,17 +28,20 @@ from discord.ext import commands
 from cogs.replies import UserFacingError, send_ephemeral
 from companion.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
 from companion.llm import LLMClient
+from companion.operations import Operations
 from companion.significance import Classifier
 from companion.turns import TurnService
 from companion.worker import SignificanceWorker
-from storage import sqlite
+from storage import backups, sqlite
+from storage.backups import BackupError, UnknownBackup
 from storage.database import Database
 from storage.rebuild import rebuild_projections
 from storage.schema import SchemaTooNew
+from storage.snapshots import SnapshotError, remove_unusable, write_snapshot
 
 log = logging.getLogger("companion")
 
-INITIAL_EXTENSIONS = ("cogs.chat",)
+INITIAL_EXTENSIONS = ("cogs.chat", "cogs.memory", "cogs.admin")
 
 # No reply may ever ping @everyone, @here or a role, whatever the model
 # writes; users are not pinged either, except where a cog asks for it.
@@ -93,6 +98,9 @@ class CompanionBot(commands.Bot):
         self.app_owner_ids: frozenset[int] = frozenset()
         # Set while a restore runs: messages get this answer instead of a turn.
         self.paused_reason: str | None = None
+        self.operations = Operations(
+            config, db, self.scoring, pause_turns=self._pause_turns, turns_in_flight=self._turns_in_flight
+        )
 
     async def setup_hook(self) -> None:
         self.app_owner_ids = await self._fetch_app_owner_ids()
@@ -100,6 +108,7 @@ class CompanionBot(commands.Bot):
             await self.load_extension(extension)
         await self.sync_commands_if_changed()
         self.scoring.start()
+        await self.operations.start()
 
     async def sync_commands_if_changed(self) -> None:
         """Register the slash commands with Discord, but only when they changed.
@@ -132,6 +141,7 @@ class CompanionBot(commands.Bot):
         return user_id in self.config.discord.owner_ids or user_id in self.app_owner_ids
 
     async def close(self) -> None:
+        await self.operations.stop()
         await self.scoring.stop()
         await super().close()
 
@@ -143,6 +153,38 @@ class CompanionBot(commands.Bot):
     async def on_message(self, message: discord.Message, /) -> None:
         # There are no prefix commands; the chat cog handles every message.
         return
+
+    async def after_forget(self, memory_id: int) -> list[str]:
+        """Scrub a just-forgotten memory from everywhere else the running bot keeps it.
+
+        Returns the problems met (empty when all went well); the forget itself
+        has already committed, so a problem here is reported, never raised.
+        """
+        from storage.snapshots import scrub_memory
+
+        problems = []
+        self.scoring.discard(memory_id)
+        try:
+            rewritten = await asyncio.to_thread(scrub_memory, self.config.storage.snapshots_dir, memory_id)
+            log.info("forgot memory #%s; scrubbed %d snapshot files", memory_id, rewritten)
+        except Exception:
+            log.exception("could not scrub forgotten memory #%s from the snapshots", memory_id)
+            problems.append("scrubbing the snapshots failed")
+        try:
+            # Fold the WAL into the main file now, so the pages that held the
+            # text leave the -wal file too.
+            await self.db.checkpoint()
+        except sqlite.Error:
+            log.exception("checkpoint after forgetting memory #%s failed", memory_id)
+            problems.append("the database checkpoint failed")
+        return problems
+
+    def _pause_turns(self, reason: str | None) -> None:
+        self.paused_reason = reason
+
+    def _turns_in_flight(self) -> int:
+        chat = self.get_cog("Chat")
+        return chat.lanes.pending() if chat is not None else 0  # type: ignore[attr-defined]
 
     def memory_written(self, memory_id: int) -> None:
         """Called after each new memory, so background work can pick it up."""
@@ -160,7 +202,7 @@ async def create_bot(config: Config, **client_options: Any) -> CompanionBot:
     llm = LLMClient(config.llm, config.llm_api_key())
     point_discord_at(config)
     try:
-        db = await Database.open(config.storage.database_path)
+        db = await Database.open(config.storage.database_path, snapshots_dir=config.storage.snapshots_dir)
     except BaseException:
         await llm.close()
         raise
@@ -193,10 +235,77 @@ async def run_bot(config: Config) -> int:
     return 0
 
 
-def cmd_rebuild(config: Config) -> int:
-    report = rebuild_projections(config.storage.database_path)
-    print(f"rebuilt projections from {report.events} events (up to #{report.last_seq}) in {report.seconds:.2f}s")
+def cmd_rebuild(config: Config, *, full: bool) -> int:
+    storage = config.storage
+    _require_database(config)
+    report = rebuild_projections(storage.database_path, storage.snapshots_dir, full=full)
+    origin = f"snapshot {report.snapshot} plus {report.events}" if report.snapshot else f"all {report.events}"
+    print(f"rebuilt projections from {origin} events (up to #{report.last_seq}) in {report.seconds:.2f}s")
+    # Snapshots that no longer fit the log can never help; a fresh one replaces them.
+    removed = remove_unusable(storage.database_path, storage.snapshots_dir)
+    snapshot = write_snapshot(storage.database_path, storage.snapshots_dir, kind="manual", keep=config.snapshot.keep)
+    print(
+        f"wrote snapshot {snapshot.name} at event #{snapshot.seq}"
+        + (f"; removed {len(removed)} that did not fit the log" if removed else "")
+    )
     return 0
+
+
+def cmd_backup(config: Config, action: str, name: str | None) -> int:
+    storage = config.storage
+    if action == "list":
+        return _print_backup_list(backups.list_backups(storage.backups_dir))
+    if action == "verify":
+        assert name is not None
+        path = _backup_path(config, name)
+        check = backups.verify_backup(path)
+        checksum = "checksum matches" if check.checksum_checked else "no checksum recorded"
+        print(f"{path.name}: ok (schema v{check.schema_version}, events up to #{check.last_event_id}, {checksum})")
+        return 0
+    _require_database(config)
+    if action == "now":
+        info = backups.take_backup(storage.database_path, storage.backups_dir, kind="manual", keep=config.backup.keep)
+        print(f"backup {info.name} taken: {info.size_bytes:,} bytes, events up to #{info.last_event_id}, verified")
+        return 0
+    assert action == "restore" and name is not None
+    info = backups.find_backup(storage.backups_dir, name)
+    check = backups.verify_backup(info.path)
+    print(f"{info.name} is sound: events up to #{check.last_event_id}")
+    safety = backups.take_backup(
+        storage.database_path, storage.backups_dir, kind="pre-restore", keep=config.backup.keep
+    )
+    print(f"safety backup {safety.name} taken")
+    backups.restore_into(info.path, storage.database_path, storage.snapshots_dir)
+    print(f"restored {info.name}: the memory is back to event #{check.last_event_id}")
+    return 0
+
+
+def _backup_path(config: Config, name: str) -> Path:
+    """A backup by name, or any file given by path (to check a copy kept elsewhere)."""
+    try:
+        return backups.find_backup(config.storage.backups_dir, name).path
+    except UnknownBackup:
+        if Path(name).is_file():
+            return Path(name)
+        raise
+
+
+def _print_backup_list(found: list[backups.BackupInfo]) -> int:
+    if not found:
+        print("no backups yet")
+        return 0
+    print(f"{'name':<44} {'taken (UTC)':<20} {'bytes':>14} {'last event':>10}  verified")
+    for info in reversed(found):
+        last = f"#{info.last_event_id}" if info.last_event_id is not None else "?"
+        taken = info.taken_at.strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{info.name:<44} {taken:<20} {info.size_bytes:>14,} {last:>10}  {'✓' if info.verified else '✗'}")
+    return 0
+
+
+def _require_database(config: Config) -> None:
+    # Opening a missing database would create an empty one.
+    if not config.storage.database_path.is_file():
+        raise BackupError(f"no database at {config.storage.database_path}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,9 +318,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands_ = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands_.add_parser("run", parents=[config_option], help="run the bot (the default)")
-    commands_.add_parser(
-        "rebuild", parents=[config_option], help="rebuild the projections from the event log (bot stopped)"
+    rebuild = commands_.add_parser(
+        "rebuild",
+        parents=[config_option],
+        help="rebuild the projections from the newest fitting snapshot and the log, then snapshot (bot stopped)",
     )
+    rebuild.add_argument("--full", action="store_true", help="replay the whole log, ignoring snapshots")
+    backup = commands_.add_parser("backup", parents=[config_option], help="take, list, verify or restore backups")
+    actions = backup.add_subparsers(dest="action", metavar="ACTION", required=True)
+    actions.add_parser("now", parents=[config_option], help="take a backup now")
+    actions.add_parser("list", parents=[config_option], help="list the backups, newest first")
+    verify = actions.add_parser("verify", parents=[config_option], help="check a backup; exits 1 if it is bad")
+    verify.add_argument("name", help="a backup's name, as `backup list` shows it, or a file's path")
+    restore = actions.add_parser(
+        "restore", parents=[config_option], help="restore a backup over the live database (bot stopped)"
+    )
+    restore.add_argument("name", help="a backup's name, as `backup list` shows it")
     return parser
 
 
@@ -225,15 +347,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in (None, "run"):
             return asyncio.run(run_bot(config))
         if args.command == "rebuild":
-            return cmd_rebuild(config)
+            return cmd_rebuild(config, full=args.full)
+        if args.command == "backup":
+            return cmd_backup(config, args.action, getattr(args, "name", None))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except SchemaTooNew as exc:
         print(f"error: {exc}; upgrade the bot before using this data", file=sys.stderr)
         return 2
+    except UnknownBackup as exc:
+        print(f"error: {exc} See `bot.py backup list`.", file=sys.stderr)
+        return 1
+    except (BackupError, SnapshotError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except sqlite.DatabaseError as exc:
         print(f"error: database problem: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

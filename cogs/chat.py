@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from typing import TYPE_CHECKING
 
 import discord
@@ -19,6 +20,7 @@ from discord.ext import commands
 from companion.ordering import ChannelLanes
 from companion.splitting import split_message
 from companion.turns import IncomingTurn
+from storage import sqlite
 from storage.scope import Scope
 
 if TYPE_CHECKING:
@@ -27,8 +29,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TYPING_REFRESH_SECONDS = 8.0
-BUSY_REPLY = "I'm still catching up on earlier messages in this channel. Please try again in a moment."
+BUSY_REPLY = (
+    "I'm still catching up on earlier messages in this channel, so I'm skipping new ones for now "
+    "(marked ⏳). Please try again in a moment."
+)
+BUSY_REACTION = "⏳"
+# One explaining reply per channel in this window; later skipped messages only get the reaction.
+BUSY_NOTICE_INTERVAL_SECONDS = 30.0
 INTERNAL_ERROR_REPLY = "Sorry, something went wrong on my side with that one. My owner can find it in the logs."
+MEMORY_WRITE_FAILED_REPLY = "(I couldn't save this conversation to my memory just now: my storage is having trouble.)"
 EMPTY_MESSAGE_TEXT = "(they mentioned you without saying anything)"
 # C0 control characters other than tab and newline: they only confuse models.
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -38,6 +47,7 @@ class Chat(commands.Cog):
     def __init__(self, bot: CompanionBot) -> None:
         self.bot = bot
         self.lanes = ChannelLanes(bot.config.chat.max_pending_per_channel)
+        self._busy_notice_at: dict[int, float] = {}
 
     async def cog_unload(self) -> None:
         await self.lanes.close()
@@ -51,8 +61,7 @@ class Chat(commands.Cog):
             return
         accepted = self.lanes.submit(message.channel.id, lambda: self.handle_turn(message))
         if not accepted:
-            log.warning("channel %s is over its pending limit; told %s", message.channel.id, message.author.id)
-            await self._send_quietly(message, BUSY_REPLY)
+            await self._tell_busy(message)
 
     async def should_answer(self, message: discord.Message) -> bool:
         bot_user = self.bot.user
@@ -106,7 +115,13 @@ class Chat(commands.Cog):
         delivered = await self._deliver(message, reply.text)
         if not reply.ok or not delivered:
             return
-        memory_id = await self.bot.turns.remember(turn, "\n".join(delivered))
+        try:
+            memory_id = await self.bot.turns.remember(turn, "\n".join(delivered))
+        except sqlite.Error as exc:
+            # The user has their answer; say plainly that this turn won't be remembered.
+            log.error("could not write the memory of message %s: %s", message.id, exc)
+            await self._send_quietly(message, MEMORY_WRITE_FAILED_REPLY)
+            return
         self.bot.memory_written(memory_id)
 
     def incoming_turn(self, message: discord.Message) -> IncomingTurn:
@@ -174,6 +189,20 @@ class Chat(commands.Cog):
                 log.debug("typing indicator failed: %s", exc)
                 return
             await asyncio.sleep(TYPING_REFRESH_SECONDS)
+
+    async def _tell_busy(self, message: discord.Message) -> None:
+        """Say the channel is busy: one explaining reply per burst, then a ⏳ reaction on each shed message."""
+        log.warning("channel %s is over its pending limit; not answering message %s", message.channel.id, message.id)
+        now = time.monotonic()
+        last = self._busy_notice_at.get(message.channel.id, -BUSY_NOTICE_INTERVAL_SECONDS)
+        if now - last >= BUSY_NOTICE_INTERVAL_SECONDS:
+            self._busy_notice_at[message.channel.id] = now
+            await self._send_quietly(message, BUSY_REPLY)
+            return
+        try:
+            await message.add_reaction(BUSY_REACTION)
+        except discord.HTTPException as exc:
+            log.warning("could not mark message %s as not answered: %s", message.id, exc)
 
     async def _send_quietly(self, message: discord.Message, text: str) -> None:
         try:

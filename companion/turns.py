@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 
 # How many FTS candidates are re-ranked per recalled memory wanted.
 RECALL_CANDIDATES_PER_SLOT = 4
+# Recent matches ranked on the reply path: half of /memory search's window,
+# because every turn pays for it.
+RECALL_WINDOW = 100
 
 FAILURE_REPLIES = {
     "timeout": "Sorry, my thoughts timed out just now. Could you try again in a moment?",
@@ -68,7 +71,11 @@ class TurnService:
         recalled: list[memories.Memory] = []
         if memory_config.recall_size > 0:
             candidates = await memories.search_memories(
-                reader, turn.scope, turn.text, memory_config.recall_size * RECALL_CANDIDATES_PER_SLOT
+                reader,
+                turn.scope,
+                turn.text,
+                memory_config.recall_size * RECALL_CANDIDATES_PER_SLOT,
+                window=RECALL_WINDOW,
             )
             recalled = rank_recalled(
                 [(c.memory, c.relevance) for c in candidates],

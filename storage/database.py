@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import aiosqlite
 
 from storage import sqlite
+from storage.rebuild import ensure_projections
 from storage.schema import migrate
 
 log = logging.getLogger(__name__)
 
 ITER_CHUNK_ROWS = 256
+
+T = TypeVar("T")
 
 
 class Database:
@@ -34,11 +38,15 @@ class Database:
         self._write_lock = asyncio.Lock()
 
     @classmethod
-    async def open(cls, path: Path | str) -> Database:
-        """Create or migrate the database at `path` and open its connections."""
+    async def open(cls, path: Path | str, *, snapshots_dir: Path | None = None) -> Database:
+        """Create or migrate the database at `path` and open its connections.
+
+        With `snapshots_dir`, projections that are missing, from another
+        version or behind the log are first rebuilt (snapshot plus tail).
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        version = await asyncio.to_thread(_migrate_file, path)
+        version = await asyncio.to_thread(_migrate_file, path, snapshots_dir)
         log.info("database %s open (schema v%s, SQLite %s)", path, version, sqlite.sqlite_version)
         writer = await aiosqlite.Connection(lambda: sqlite.connect(path), ITER_CHUNK_ROWS)
         try:
@@ -68,6 +76,21 @@ class Database:
             # SQLite already rolled back (e.g. after SQLITE_FULL); nothing to undo.
             pass
 
+    async def run_exclusively(self, work: Callable[[], T]) -> T:
+        """Run blocking `work` in a thread while no write can start, e.g. a restore
+        copying a backup over this database on its own connection.
+
+        The lock is held until `work` ends, even if the caller is cancelled:
+        releasing it while the thread still writes would let a turn in.
+        """
+        async with self._write_lock:
+            job = asyncio.ensure_future(asyncio.to_thread(work))
+            try:
+                return await asyncio.shield(job)
+            except asyncio.CancelledError:
+                await asyncio.wait([job])
+                raise
+
     async def checkpoint(self) -> None:
         """Fold the WAL into the main file and truncate it."""
         async with self._write_lock:
@@ -83,9 +106,12 @@ class Database:
             await self.writer.close()
 
 
-def _migrate_file(path: Path) -> int:
+def _migrate_file(path: Path, snapshots_dir: Path | None = None) -> int:
     conn = sqlite.connect(path)
     try:
-        return migrate(conn)
+        version = migrate(conn)
+        if snapshots_dir is not None:
+            ensure_projections(conn, snapshots_dir)
+        return version
     finally:
         conn.close()

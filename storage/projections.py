@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from storage import tokens
 from storage.events import (
     Event,
     MemoryForgotten,
@@ -24,17 +25,14 @@ from storage.scope import Scope
 Statement = tuple[str, tuple[Any, ...]]
 
 INSERT_MEMORY = (
-    "INSERT INTO memories (id, written_seq, bot_id, scope_kind, scope_id, scope_token, channel_id,"
-    " author_id, author_name, bot_name, user_text, reply_text, user_message_id, created_at)"
+    "INSERT INTO memories (id, written_seq, bot_id, scope_kind, scope_id, channel_id, author_id,"
+    " author_name, bot_name, user_text, reply_text, user_message_id, created_at, search_text)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-INDEX_MEMORY = (
-    "INSERT INTO memories_fts (rowid, scope_token, author_name, user_text, reply_text)"
-    " SELECT id, scope_token, author_name, user_text, reply_text FROM memories WHERE id = ?"
-)
+INDEX_MEMORY = "INSERT INTO memories_fts (rowid, search_text) SELECT id, search_text FROM memories WHERE id = ?"
 UNINDEX_MEMORY = (
-    "INSERT INTO memories_fts (memories_fts, rowid, scope_token, author_name, user_text, reply_text)"
-    " SELECT 'delete', id, scope_token, author_name, user_text, reply_text FROM memories WHERE id = ?"
+    "INSERT INTO memories_fts (memories_fts, rowid, search_text)"
+    " SELECT 'delete', id, search_text FROM memories WHERE id = ?"
 )
 SET_SIGNIFICANCE = "UPDATE memories SET significance = ? WHERE id = ? AND significance IS NULL"
 COUNT_SCORING_FAILURE = "UPDATE memories SET scoring_failures = scoring_failures + 1 WHERE id = ?"
@@ -63,7 +61,6 @@ def statements_for(seq: int, event: Event, *, index_text: bool = True) -> list[S
                 event.bot_id,
                 event.scope_kind,
                 event.scope_id,
-                scope.token,
                 event.channel_id,
                 event.author_id,
                 event.author_name,
@@ -72,6 +69,7 @@ def statements_for(seq: int, event: Event, *, index_text: bool = True) -> list[S
                 event.reply_text,
                 event.user_message_id,
                 event.created_at,
+                tokens.index_text(scope, event.author_name, event.user_text, event.reply_text),
             )
             statements: list[Statement] = [(INSERT_MEMORY, row)]
             if index_text:

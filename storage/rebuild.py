@@ -1,13 +1,20 @@
-"""Rebuild the projections by replaying the event log.
+"""Rebuild the projections by replaying the event log, from a snapshot when one fits.
 
 This is synchronous code meant for a worker thread (or the CLI, with the
 bot stopped): it runs on its own connection, inside one transaction, so a
 crash halfway leaves the old projections untouched.
+
+A rebuild starts from the newest snapshot that fits the log (see
+`storage.snapshots.unusable_reason`) and replays only the events after it;
+with no usable snapshot, or when asked for a full replay, it replays the
+whole log. Both give the same projections.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,45 +23,94 @@ from storage import sqlite
 from storage.events import decode
 from storage.projections import advance_to, batched, statements_for
 from storage.schema import PROJECTION_DDL, PROJECTION_TABLES, split_script
+from storage.snapshots import SnapshotError, SnapshotInfo, load_into, usable_snapshots
 
 log = logging.getLogger(__name__)
 
 FETCH_ROWS = 5000
+SNAPSHOT_ALIAS = "snapshot"
+
+_CREATE = re.compile(r"^CREATE\s+(?:VIRTUAL\s+)?(?:TABLE|INDEX)\s+(\w+)", re.IGNORECASE)
+# The projection objects and the exact SQL this code creates them with; the
+# database keeps that text, so any other text means other projection tables.
+EXPECTED_PROJECTION_SQL = {
+    match[1]: statement.rstrip(";").strip()
+    for statement in split_script(PROJECTION_DDL)
+    if (match := _CREATE.match(statement))
+}
 
 
 @dataclass(frozen=True)
 class RebuildReport:
-    events: int
+    events: int  # events replayed (after the snapshot, if one was used)
     last_seq: int
     seconds: float
+    snapshot: str | None = None  # the snapshot the rebuild started from
 
 
-def rebuild_projections(path: Path | str) -> RebuildReport:
-    """Drop the projections of the database at `path` and replay the whole log into them."""
+def rebuild_projections(path: Path | str, snapshots_dir: Path | None = None, *, full: bool = False) -> RebuildReport:
+    """Rebuild the projections of the database at `path`: newest fitting snapshot plus the tail,
+    or the whole log when `full` or no snapshot fits."""
     conn = sqlite.connect(path)
     try:
-        return rebuild_on(conn)
+        return rebuild_with_snapshots(conn, None if full else snapshots_dir)
     finally:
         conn.close()
 
 
-def rebuild_on(conn: sqlite.sqlite3.Connection) -> RebuildReport:
-    """Replay the log into fresh projections on an open connection, in one transaction."""
+def rebuild_with_snapshots(conn: sqlite.sqlite3.Connection, snapshots_dir: Path | None) -> RebuildReport:
+    if snapshots_dir is not None:
+        for snapshot in usable_snapshots(conn, snapshots_dir):
+            try:
+                return rebuild_on(conn, snapshot=snapshot)
+            except (SnapshotError, sqlite.Error) as exc:
+                log.warning("could not rebuild from snapshot %s (%s); trying an older one", snapshot.name, exc)
+    return rebuild_on(conn)
+
+
+def rebuild_on(conn: sqlite.sqlite3.Connection, *, snapshot: SnapshotInfo | None = None) -> RebuildReport:
+    """Replay the log into fresh projections on an open connection, in one transaction.
+
+    With `snapshot`, start from its rows and replay only the events after it.
+    """
     started = time.perf_counter()
-    conn.execute("BEGIN IMMEDIATE")
+    if snapshot is not None:
+        # ATTACH is not allowed inside a transaction.
+        conn.execute(f"ATTACH DATABASE ? AS {SNAPSHOT_ALIAS}", (str(snapshot.path),))
     try:
-        for table in PROJECTION_TABLES:
-            conn.execute(f"DROP TABLE IF EXISTS {table}")
-        for statement in split_script(PROJECTION_DDL):
-            conn.execute(statement)
-        count, last = replay(conn, after_seq=0)
-        conn.execute("INSERT INTO memories_fts (memories_fts) VALUES ('rebuild')")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    report = RebuildReport(events=count, last_seq=last, seconds=time.perf_counter() - started)
-    log.info("rebuilt projections from %d events in %.2fs", report.events, report.seconds)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for table in PROJECTION_TABLES:
+                conn.execute(f"DROP TABLE IF EXISTS main.{table}")
+            for statement in split_script(PROJECTION_DDL):
+                conn.execute(statement)
+            after_seq = load_into(conn, SNAPSHOT_ALIAS, snapshot) if snapshot is not None else 0
+            count, last = replay(conn, after_seq=after_seq)
+            conn.execute("INSERT INTO memories_fts (memories_fts) VALUES ('rebuild')")
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite.OperationalError):  # SQLite may have rolled back already
+                conn.execute("ROLLBACK")
+            raise
+    finally:
+        if snapshot is not None:
+            conn.execute(f"DETACH DATABASE {SNAPSHOT_ALIAS}")
+    report = RebuildReport(
+        events=count,
+        last_seq=last,
+        seconds=time.perf_counter() - started,
+        snapshot=snapshot.name if snapshot is not None else None,
+    )
+    if snapshot is not None:
+        log.info(
+            "rebuilt projections from snapshot %s (event #%d) and %d later events in %.2fs",
+            snapshot.name,
+            after_seq,
+            report.events,
+            report.seconds,
+        )
+    else:
+        log.info("rebuilt projections from %d events in %.2fs", report.events, report.seconds)
     return report
 
 
@@ -78,3 +134,31 @@ def replay(conn: sqlite.sqlite3.Connection, *, after_seq: int) -> tuple[int, int
     sql, params = advance_to(last)
     conn.execute(sql, params)
     return count, last
+
+
+def stale_projections(conn: sqlite.sqlite3.Connection) -> str | None:
+    """Why the projections cannot be used as they are, or None if they are current."""
+    names = list(EXPECTED_PROJECTION_SQL)
+    placeholders = ", ".join("?" * len(names))
+    found = dict(conn.execute(f"SELECT name, sql FROM sqlite_master WHERE name IN ({placeholders})", names).fetchall())
+    missing = [name for name in names if name not in found]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    if any(found[name] != sql for name, sql in EXPECTED_PROJECTION_SQL.items()):
+        return "built by another version of the bot"
+    row = conn.execute("SELECT last_seq FROM projection_state WHERE name = 'memories'").fetchone()
+    if row is None:
+        return "no recorded position"
+    (log_end,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+    if row[0] != log_end:
+        return f"at event #{row[0]}, but the log ends at #{log_end}"
+    return None
+
+
+def ensure_projections(conn: sqlite.sqlite3.Connection, snapshots_dir: Path | None) -> RebuildReport | None:
+    """Rebuild the projections (snapshot plus tail) if they are missing, foreign or behind the log."""
+    reason = stale_projections(conn)
+    if reason is None:
+        return None
+    log.warning("the projections need a rebuild: %s", reason)
+    return rebuild_with_snapshots(conn, snapshots_dir)

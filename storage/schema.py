@@ -12,8 +12,9 @@ import time
 from storage.sqlite import sqlite3
 
 # The projection tables, separate from the log so a rebuild can drop and
-# recreate them. The FTS table indexes the memory text through external
-# content; `secure-delete` makes FTS deletes remove the words physically.
+# recreate them. The FTS table indexes `search_text` (the memory's words,
+# prefixed with its scope: see storage/tokens.py) through external content;
+# `secure-delete` makes FTS deletes remove the words physically.
 PROJECTION_DDL = """
 CREATE TABLE memories (
     id INTEGER PRIMARY KEY,
@@ -21,7 +22,6 @@ CREATE TABLE memories (
     bot_id INTEGER NOT NULL,
     scope_kind TEXT NOT NULL CHECK (scope_kind IN ('guild', 'dm')),
     scope_id INTEGER NOT NULL,
-    scope_token TEXT NOT NULL,
     channel_id INTEGER NOT NULL,
     author_id INTEGER NOT NULL,
     author_name TEXT NOT NULL,
@@ -34,14 +34,15 @@ CREATE TABLE memories (
     scoring_failures INTEGER NOT NULL DEFAULT 0,
     pinned INTEGER NOT NULL DEFAULT 0,
     pin_auto INTEGER,
-    pinned_seq INTEGER
+    pinned_seq INTEGER,
+    search_text TEXT NOT NULL
 );
 CREATE INDEX memories_by_scope ON memories (bot_id, scope_kind, scope_id, id);
 CREATE INDEX memories_by_channel ON memories (bot_id, channel_id, id);
 CREATE INDEX memories_pinned ON memories (bot_id, scope_kind, scope_id, id) WHERE pinned = 1;
 CREATE INDEX memories_unscored ON memories (id) WHERE significance IS NULL;
 CREATE VIRTUAL TABLE memories_fts USING fts5 (
-    scope_token, author_name, user_text, reply_text,
+    search_text,
     content = 'memories', content_rowid = 'id',
     tokenize = 'unicode61 remove_diacritics 2'
 );

@@ -8,21 +8,19 @@ from storage import sqlite
 from storage.rebuild import rebuild_on
 
 MEMORY_COLUMNS = (
-    "id, written_seq, bot_id, scope_kind, scope_id, scope_token, channel_id, author_id, author_name,"
+    "id, written_seq, bot_id, scope_kind, scope_id, channel_id, author_id, author_name,"
     " bot_name, user_text, reply_text, user_message_id, created_at, significance, scoring_failures,"
-    " pinned, pin_auto, pinned_seq"
+    " pinned, pin_auto, pinned_seq, search_text"
 )
 
 
 def projection_state(conn: sqlite.sqlite3.Connection) -> dict:
     """Everything the projections hold, in a comparable form."""
     memories = conn.execute(f"SELECT {MEMORY_COLUMNS} FROM memories ORDER BY id").fetchall()
-    # What the full-text index answers for every token of every memory.
-    indexed = conn.execute(
-        "SELECT rowid FROM memories_fts WHERE memories_fts MATCH 'scope_token : s*' ORDER BY rowid"
-    ).fetchall()
+    # The documents the full-text index holds, and a check that it agrees with its content.
+    indexed = conn.execute("SELECT id FROM memories_fts_docsize ORDER BY id").fetchall()
     (last_seq,) = conn.execute("SELECT last_seq FROM projection_state WHERE name = 'memories'").fetchone()
-    conn.execute("INSERT INTO memories_fts (memories_fts) VALUES ('integrity-check')")
+    conn.execute("INSERT INTO memories_fts (memories_fts, rank) VALUES ('integrity-check', 1)")
     return {"memories": memories, "indexed": indexed, "last_seq": last_seq}
 
 

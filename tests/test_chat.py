@@ -198,3 +198,18 @@ async def test_rebuild_equals_live_projections_after_a_conversation(harness, tmp
     live, rebuilt = live_and_rebuilt(harness.bot.db.path, tmp_path)
     assert live == rebuilt
     assert len(live["memories"]) == 6
+
+
+async def test_a_full_channel_tells_people_instead_of_dropping_silently(harness):
+    await harness.start_bot(chat={"max_pending_per_channel": 2})
+    harness.llm.responders[CHAT_MODEL] = lambda body: Answer(f"re: {last_user_text(body)}", delay=0.5)
+    sent = [await harness.discord.send_message(LISTEN_CHANNEL, ALICE, f"burst {i}") for i in range(5)]
+    await harness.discord.wait_for_bot_messages(3, channel_id=LISTEN_CHANNEL)
+    await harness.wait_for_memories(2)
+    contents = [m["content"] for m in harness.replies(LISTEN_CHANNEL)]
+    assert contents[0].startswith("I'm still catching up")
+    assert contents[1:] == ["re: Alice: burst 0", "re: Alice: burst 1"]
+    busy_reply = harness.replies(LISTEN_CHANNEL)[0]
+    assert int(busy_reply["message_reference"]["message_id"]) == int(sent[2]["id"])
+    marked = sorted(message_id for _, message_id, _ in harness.discord.reactions)
+    assert marked == sorted(int(m["id"]) for m in sent[3:])

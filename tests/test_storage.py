@@ -281,3 +281,23 @@ async def test_append_records_event_kinds_in_order(db):
         MemoryForgotten,
     ]
     assert recorded[2] == MemoryPinChanged(memory_id, pinned=True, auto=True, reason="pivotal")
+
+
+async def test_search_ignores_case_and_accents(db):
+    memory_id = await write_memory(db, turn(GUILD_A, "Wir trafen uns im Café Größenwahn"))
+    for query in ("cafe", "CAFÉ", "grossenwahn", "größenwahn"):
+        found = await memories.search_memories(db.reader, GUILD_A, query, 5)
+        assert [r.memory.id for r in found] == [memory_id]
+
+
+async def test_index_terms_of_one_scope_cannot_match_another(db):
+    await write_memory(db, turn(GUILD_B, "kumquat"))
+    # Even typing another scope's raw index term finds nothing here.
+    raw_term = f"{GUILD_B.token}kumquat"
+    assert await memories.search_memories(db.reader, GUILD_A, raw_term, 5) == []
+    assert await memories.search_memories(db.reader, GUILD_A, "kumquat", 5) == []
+    assert len(await memories.search_memories(db.reader, GUILD_B, "kumquat", 5)) == 1
+
+
+def test_search_terms_drop_filler_and_keep_content_words():
+    assert memories.search_terms("Hey, what do you think about my new Telescope?") == ["telescope", "new"]

@@ -1,0 +1,330 @@
+"""The /memory commands: see and steer what the bot remembers in this scope.
+
+Every reply is ephemeral. Each command sees only the scope it runs in (the
+guild, or the invoker's DMs), and an id from anywhere else gets the same
+answer as an id that never existed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, TypeVar
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from cogs.replies import UserFacingError, send_ephemeral
+from companion.context import clip, rank_recalled
+from storage import memories
+from storage.commands import MemoryNotFound, forget_memory, pin_memory, unpin_memory
+from storage.memories import Memory
+from storage.scope import Scope
+
+if TYPE_CHECKING:
+    from bot import CompanionBot
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+PAGE_SIZE = 10
+SEARCH_RESULTS = 10
+SEARCH_CANDIDATES = 50
+SNIPPET_CHARS = 110
+AUTOCOMPLETE_CHOICES = 25
+AUTOCOMPLETE_SCAN = 200
+VIEW_TIMEOUT_SECONDS = 180.0
+MAX_QUERY_CHARS = 300
+# Discord integers stop at 2**53; ids beyond can only be mistakes.
+MemoryId = app_commands.Range[int, 1, 2**53 - 1]
+SearchQuery = app_commands.Range[str, 1, MAX_QUERY_CHARS]
+
+NO_SUCH_MEMORY = "There's no such memory here."
+NOT_PERMITTED = (
+    "You can't change that memory: only the person whose turn it was, members with Manage Messages "
+    "and the bot's owners can."
+)
+BACKUP_CAVEAT = (
+    "Backups taken before now still contain it until they age out of the backup rotation "
+    "([backup] keep, 14 nightly backups by default)."
+)
+
+
+def scope_of(interaction: discord.Interaction) -> Scope:
+    bot_id = interaction.client.user.id if interaction.client.user else 0
+    if interaction.guild_id is None:
+        return Scope.for_dm(bot_id, interaction.user.id)
+    return Scope.for_guild(bot_id, interaction.guild_id)
+
+
+def memory_line(memory: Memory) -> str:
+    """`#<id> · pin state · sig · date · snippet`, on one line."""
+    if memory.pinned:
+        pin = "📌 pinned (auto)" if memory.pin_auto else "📌 pinned (manual)"
+    else:
+        pin = "not pinned"
+    if memory.significance is not None:
+        significance = f"sig {memory.significance}"
+    else:
+        significance = "sig failed" if memory.scoring_gave_up else "sig pending"
+    day = datetime.fromtimestamp(memory.created_at, UTC)
+    snippet = f"{memory.author_name}: {memory.user_text} → {memory.reply_text}"
+    snippet = clip(" ".join(snippet.split()), SNIPPET_CHARS)
+    snippet = discord.utils.escape_mentions(discord.utils.escape_markdown(snippet))
+    return f"#{memory.id} · {pin} · {significance} · {discord.utils.format_dt(day, 'd')} · {snippet}"
+
+
+class MemoryPages(discord.ui.View):
+    """Newer/older buttons over a scope's memories, newest first."""
+
+    def __init__(self, cog: MemoryCog, owner_id: int, scope: Scope, *, pinned_only: bool, total: int) -> None:
+        super().__init__(timeout=VIEW_TIMEOUT_SECONDS)
+        self.cog = cog
+        self.owner_id = owner_id
+        self.scope = scope
+        self.pinned_only = pinned_only
+        self.total = total
+        # before_id of each page seen so far; None is the first page.
+        self.page_starts: list[int | None] = [None]
+        self.page: list[Memory] = []
+        self.interaction: discord.Interaction | None = None
+
+    @property
+    def page_number(self) -> int:
+        return len(self.page_starts)
+
+    async def load(self) -> str:
+        self.page = await memories.list_memories(
+            self.cog.bot.db.reader,
+            self.scope,
+            pinned_only=self.pinned_only,
+            before_id=self.page_starts[-1],
+            limit=PAGE_SIZE,
+        )
+        pages = max(1, -(-self.total // PAGE_SIZE))
+        self.newer.disabled = self.page_number == 1
+        self.older.disabled = len(self.page) < PAGE_SIZE or self.page_number >= pages
+        return self.render(pages)
+
+    def render(self, pages: int) -> str:
+        what = "pinned memories" if self.pinned_only else "memories"
+        header = f"**{self.total} {what} here** · page {self.page_number}/{pages}, newest first"
+        return "\n".join([header, *(memory_line(m) for m in self.page)])
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        if interaction.user.id != self.owner_id:
+            await send_ephemeral(interaction, "These buttons belong to someone else's list.")
+            return False
+        return True
+
+    @discord.ui.button(label="◀ Newer", style=discord.ButtonStyle.secondary, custom_id="memory:list:newer")
+    async def newer(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        if len(self.page_starts) > 1:
+            self.page_starts.pop()
+        await interaction.response.edit_message(content=await self.load(), view=self)
+
+    @discord.ui.button(label="Older ▶", style=discord.ButtonStyle.secondary, custom_id="memory:list:older")
+    async def older(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        if self.page:
+            self.page_starts.append(self.page[-1].id)
+        await interaction.response.edit_message(content=await self.load(), view=self)
+
+    async def on_timeout(self) -> None:
+        for item in self.children:
+            if isinstance(item, discord.ui.Button):
+                item.disabled = True
+        if self.interaction is not None:
+            try:
+                await self.interaction.edit_original_response(view=self)
+            except discord.HTTPException:
+                pass  # the ephemeral message may be gone; nothing to tidy
+
+
+class ConfirmForget(discord.ui.View):
+    """Forget or Cancel; `value` is True, False, or None if it timed out."""
+
+    def __init__(self, owner_id: int) -> None:
+        super().__init__(timeout=VIEW_TIMEOUT_SECONDS)
+        self.owner_id = owner_id
+        self.value: bool | None = None
+        self.pressed: discord.Interaction | None = None
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        return interaction.user.id == self.owner_id
+
+    @discord.ui.button(label="Forget it", style=discord.ButtonStyle.danger, custom_id="memory:forget:confirm")
+    async def confirm(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        await self._finish(interaction, True)
+
+    @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary, custom_id="memory:forget:cancel")
+    async def cancel(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        await self._finish(interaction, False)
+
+    async def _finish(self, interaction: discord.Interaction, value: bool) -> None:
+        self.value = value
+        self.pressed = interaction
+        for item in self.children:
+            if isinstance(item, discord.ui.Button):
+                item.disabled = True
+        await interaction.response.defer()
+        self.stop()
+
+
+class MemoryCog(commands.GroupCog, group_name="memory", group_description="See and steer what I remember here"):
+    def __init__(self, bot: CompanionBot) -> None:
+        self.bot = bot
+        super().__init__()
+
+    # reading
+
+    @app_commands.command(name="list")
+    @app_commands.describe(pinned="Only pinned memories")
+    async def list_(self, interaction: discord.Interaction, pinned: bool = False) -> None:
+        """List what I remember here, newest first."""
+        scope = scope_of(interaction)
+        total = await memories.count_memories(self.bot.db.reader, scope, pinned_only=pinned)
+        if total == 0:
+            what = "pinned memories" if pinned else "memories"
+            await send_ephemeral(interaction, f"I have no {what} here yet.")
+            return
+        view = MemoryPages(self, interaction.user.id, scope, pinned_only=pinned, total=total)
+        content = await view.load()
+        if total <= PAGE_SIZE:
+            await send_ephemeral(interaction, content)
+            return
+        view.interaction = interaction
+        await send_ephemeral(interaction, content, view=view)
+
+    @app_commands.command(name="search")
+    @app_commands.describe(query="Words to look for in what I remember here")
+    async def search(self, interaction: discord.Interaction, query: SearchQuery) -> None:
+        """Search what I remember here, best match first."""
+        scope = scope_of(interaction)
+        if not memories.search_terms(query):
+            raise UserFacingError("Give me a word or two to look for (very common words like 'the' are skipped).")
+        candidates = await memories.search_memories(self.bot.db.reader, scope, query, SEARCH_CANDIDATES)
+        ranked = rank_recalled([(c.memory, c.relevance) for c in candidates], limit=SEARCH_RESULTS)
+        if not ranked:
+            await send_ephemeral(interaction, "I don't remember anything here that matches that.")
+            return
+        header = f"**Best matches for** “{discord.utils.escape_markdown(clip(query, 80))}”:"
+        await send_ephemeral(interaction, "\n".join([header, *(memory_line(m) for m in ranked)]))
+
+    # changing
+
+    @app_commands.command(name="pin")
+    @app_commands.describe(id="The memory's number, as shown by /memory list")
+    async def pin(self, interaction: discord.Interaction, id: MemoryId) -> None:
+        """Pin a memory so it is in every prompt here. Manual pins are never evicted."""
+        scope = scope_of(interaction)
+        await self._modifiable(interaction, scope, id)
+        outcome = await self._change(
+            pin_memory(self.bot.db, scope, id, actor_id=interaction.user.id, pin_cap=self.bot.config.memory.pin_cap)
+        )
+        if not outcome.changed:
+            await send_ephemeral(interaction, f"#{id} is already pinned.\n{memory_line(outcome.memory)}")
+            return
+        lines = [f"Pinned #{id}. It will be in every prompt here.", memory_line(outcome.memory)]
+        if outcome.unpinned:
+            evicted = ", ".join(f"#{i}" for i in outcome.unpinned)
+            lines.append(f"To stay within {self.bot.config.memory.pin_cap} pins, I unpinned {evicted} (auto-pinned).")
+        await send_ephemeral(interaction, "\n".join(lines))
+
+    @app_commands.command(name="unpin")
+    @app_commands.describe(id="The memory's number, as shown by /memory list")
+    async def unpin(self, interaction: discord.Interaction, id: MemoryId) -> None:
+        """Unpin a memory. It stays remembered and can still be recalled by search."""
+        scope = scope_of(interaction)
+        await self._modifiable(interaction, scope, id)
+        outcome = await self._change(unpin_memory(self.bot.db, scope, id, actor_id=interaction.user.id))
+        if not outcome.changed:
+            await send_ephemeral(interaction, f"#{id} isn't pinned.\n{memory_line(outcome.memory)}")
+            return
+        await send_ephemeral(interaction, f"Unpinned #{id}.\n{memory_line(outcome.memory)}")
+
+    @app_commands.command(name="forget")
+    @app_commands.describe(id="The memory's number, as shown by /memory list")
+    async def forget(self, interaction: discord.Interaction, id: MemoryId) -> None:
+        """Forget a memory for good: its text is erased from my memory, search and snapshots."""
+        scope = scope_of(interaction)
+        memory = await self._modifiable(interaction, scope, id)
+        view = ConfirmForget(interaction.user.id)
+        await send_ephemeral(
+            interaction,
+            f"Forget this memory for good? This can't be undone.\n{memory_line(memory)}",
+            view=view,
+        )
+        timed_out = await view.wait()
+        if timed_out or not view.value:
+            note = "Nothing was forgotten." if not timed_out else "No answer, so nothing was forgotten."
+            await interaction.edit_original_response(content=f"{note}\n{memory_line(memory)}", view=None)
+            return
+        await self._change(forget_memory(self.bot.db, scope, id, actor_id=interaction.user.id))
+        problems = await self.bot.after_forget(id)
+        if problems:
+            outcome = (
+                f"Forgotten #{id}: its text is gone from my memory and my search, but {' and '.join(problems)}; "
+                "my owner can find the details in the log and retry with `python bot.py rebuild`."
+            )
+        else:
+            outcome = f"Forgotten #{id}: its text is gone from my memory, my search and my snapshots."
+        await interaction.edit_original_response(content=f"{outcome} {BACKUP_CAVEAT}", view=None)
+
+    @pin.autocomplete("id")
+    @unpin.autocomplete("id")
+    @forget.autocomplete("id")
+    async def id_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[int]]:
+        scope = scope_of(interaction)
+        command = interaction.command.name if interaction.command else ""
+        author_id = None if await self._may_change_any(interaction) else interaction.user.id
+        candidates = await memories.list_memories(
+            self.bot.db.reader, scope, pinned_only=command == "unpin", author_id=author_id, limit=AUTOCOMPLETE_SCAN
+        )
+        typed = current.strip().lstrip("#").casefold()
+        choices = []
+        for memory in candidates:
+            if command == "pin" and memory.pinned and not memory.pin_auto:
+                continue
+            # Digits (or "#12") name an id; anything else is looked for in the text.
+            if typed.isdigit() and not str(memory.id).startswith(typed):
+                continue
+            if typed and not typed.isdigit() and typed not in memory.text.casefold():
+                continue
+            label = clip(" ".join(f"#{memory.id} · {memory.author_name}: {memory.user_text}".split()), 100)
+            choices.append(app_commands.Choice(name=label, value=memory.id))
+            if len(choices) == AUTOCOMPLETE_CHOICES:
+                break
+        return choices
+
+    # guards
+
+    async def _modifiable(self, interaction: discord.Interaction, scope: Scope, memory_id: int) -> Memory:
+        """The memory, if it exists here and the invoker may change it; else a user-facing error."""
+        memory = await memories.get_memory(self.bot.db.reader, scope, memory_id)
+        if memory is None:
+            raise UserFacingError(NO_SUCH_MEMORY)
+        if memory.author_id != interaction.user.id and not await self._may_change_any(interaction):
+            raise UserFacingError(NOT_PERMITTED)
+        return memory
+
+    async def _may_change_any(self, interaction: discord.Interaction) -> bool:
+        """Owners anywhere, and members with Manage Messages in this guild."""
+        if await self.bot.is_owner_id(interaction.user.id):
+            return True
+        member = interaction.user
+        return isinstance(member, discord.Member) and member.guild_permissions.manage_messages
+
+    @staticmethod
+    async def _change(operation: Awaitable[T]) -> T:
+        try:
+            return await operation
+        except MemoryNotFound:
+            # Forgotten between the check and the change.
+            raise UserFacingError(NO_SUCH_MEMORY) from None
+
+
+async def setup(bot: CompanionBot) -> None:
+    await bot.add_cog(MemoryCog(bot))

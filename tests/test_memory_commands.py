@@ -1,0 +1,323 @@
+"""The /memory commands through the fake Discord: slash commands, autocomplete and buttons."""
+
+import discord
+import pytest
+
+from storage import memories
+from storage.commands import TurnRecord, record_significance, write_memory
+from storage.scope import Scope
+from tests.fakes.llm_server import Answer
+from tests.harness import (
+    ALICE,
+    APP_OWNER,
+    B_CHANNEL,
+    BOB,
+    BOT_ID,
+    CAROL,
+    CHAT_MODEL,
+    CLASSIFIER_MODEL,
+    GUILD_A,
+    GUILD_B,
+    LISTEN_CHANNEL,
+    SCOPE_A,
+    SCOPE_B,
+)
+from tests.projection_check import live_and_rebuilt
+
+NO_SUCH = "There's no such memory here."
+MANAGE_MESSAGES = discord.Permissions(view_channel=True, send_messages=True, manage_messages=True).value
+
+
+async def remember(bot, scope: Scope, text: str, *, author_id: int = ALICE, author: str = "Alice") -> int:
+    record = TurnRecord(scope, LISTEN_CHANNEL, author_id, author, "Mnemo", text, f"reply to {text}")
+    return await write_memory(bot.db, record)
+
+
+async def run(harness, user_id: int, command: str, *, guild_id: int | None = GUILD_A, **options) -> str:
+    """Invoke a slash command and return the text of its first response, checking it is ephemeral."""
+    channel_id = {GUILD_A: LISTEN_CHANNEL, GUILD_B: B_CHANNEL}.get(guild_id)
+    interaction = await harness.discord.invoke(
+        user_id, command, guild_id=guild_id, channel_id=channel_id, options=options
+    )
+    [response] = await interaction.wait_for_response(1)
+    assert response["ephemeral"], response
+    return response["content"]
+
+
+async def press(harness, user_id: int, message: dict, custom_id: str) -> dict:
+    """Click a button and wait for the bot to answer the click."""
+    click = await harness.discord.click(user_id, message, custom_id)
+    [response] = await click.wait_for_response(1)
+    return response
+
+
+async def test_list_shows_id_pin_state_significance_date_and_snippet(harness):
+    bot = await harness.start_bot()
+    bot.scoring.pause()
+    first = await remember(bot, SCOPE_A, "I moved to Lisbon last spring")
+    second = await remember(bot, SCOPE_A, "what a sunny day")
+    await record_significance(bot.db, first, 3, model="m", pin_cap=8)
+    text = await run(harness, BOB, "memory list")
+    header, line_second, line_first = text.splitlines()
+    assert header.startswith("**2 memories here**")
+    assert line_second.startswith(f"#{second} · not pinned · sig pending · <t:")
+    assert line_first.startswith(f"#{first} · 📌 pinned (auto) · sig 3 · <t:")
+    assert line_first.endswith("Alice: I moved to Lisbon last spring → reply to I moved to Lisbon last spring")
+
+    pinned_only = await run(harness, BOB, "memory list", pinned=True)
+    assert [line.split(" ")[0] for line in pinned_only.splitlines()[1:]] == [f"#{first}"]
+
+
+async def test_empty_list_says_so(harness):
+    await harness.start_bot()
+    assert await run(harness, ALICE, "memory list") == "I have no memories here yet."
+
+
+async def test_long_list_pages_with_buttons(harness):
+    bot = await harness.start_bot()
+    bot.scoring.pause()
+    ids = [await remember(bot, SCOPE_A, f"note number {i}") for i in range(23)]
+    interaction = await harness.discord.invoke(ALICE, "memory list", guild_id=GUILD_A, channel_id=LISTEN_CHANNEL)
+    await interaction.wait_for_response(1)
+    message = interaction.original
+    assert message["content"].splitlines()[0].endswith("page 1/3, newest first")
+    assert [line.split(" ")[0] for line in message["content"].splitlines()[1:]] == [f"#{i}" for i in ids[::-1][:10]]
+
+    await press(harness, ALICE, message, "memory:list:older")
+    await press(harness, ALICE, interaction.original, "memory:list:older")
+    page3 = interaction.original
+    assert "page 3/3" in page3["content"]
+    assert [line.split(" ")[0] for line in page3["content"].splitlines()[1:]] == [f"#{i}" for i in ids[2::-1]]
+    buttons = {c["custom_id"]: c.get("disabled", False) for row in page3["components"] for c in row["components"]}
+    assert buttons == {"memory:list:newer": False, "memory:list:older": True}
+
+    await press(harness, ALICE, page3, "memory:list:newer")
+    assert "page 2/3" in interaction.original["content"]
+    # Someone else's click is refused.
+    refusal = await press(harness, BOB, interaction.original, "memory:list:older")
+    assert refusal["ephemeral"] and "someone else's" in refusal["content"]
+    assert "page 2/3" in interaction.original["content"]
+
+
+async def test_search_finds_best_match_first_within_the_scope(harness):
+    bot = await harness.start_bot()
+    await remember(bot, SCOPE_A, "the weather is nice")
+    best = await remember(bot, SCOPE_A, "my grandmother's lasagne recipe uses nutmeg")
+    await remember(bot, SCOPE_B, "lasagne night in guild B with nutmeg")
+    text = await run(harness, CAROL, "memory search", query="lasagne nutmeg recipe")
+    lines = text.splitlines()
+    assert lines[1].startswith(f"#{best} ")
+    assert len(lines) == 2
+    assert await run(harness, CAROL, "memory search", query="zeppelin") == (
+        "I don't remember anything here that matches that."
+    )
+    assert "Give me a word or two" in await run(harness, CAROL, "memory search", query="the and of")
+
+
+async def test_pin_and_unpin_record_manual_pin_events(harness):
+    bot = await harness.start_bot()
+    memory_id = await remember(bot, SCOPE_A, "my pronouns are they/them")
+    text = await run(harness, ALICE, "memory pin", id=memory_id)
+    assert text.startswith(f"Pinned #{memory_id}.")
+    assert f"#{memory_id} · 📌 pinned (manual)" in text
+    assert "already pinned" in await run(harness, ALICE, "memory pin", id=memory_id)
+    assert (await run(harness, ALICE, "memory unpin", id=memory_id)).startswith(f"Unpinned #{memory_id}.")
+    assert "isn't pinned" in await run(harness, ALICE, "memory unpin", id=memory_id)
+    async with bot.db.reader.execute(
+        "SELECT payload FROM events WHERE kind = 'memory_pin_changed' ORDER BY seq"
+    ) as cursor:
+        payloads = [row[0] for row in await cursor.fetchall()]
+    assert ['"pinned":true,"auto":false' in payloads[0], '"pinned":false,"auto":false' in payloads[1]] == [True, True]
+
+
+async def test_manual_pin_survives_auto_pin_pressure(harness):
+    harness.llm.responders[CLASSIFIER_MODEL] = lambda body: Answer("3")
+    bot = await harness.start_bot(memory={"pin_cap": 3})
+    bot.scoring.pause()
+    manual = await remember(bot, SCOPE_A, "the one that matters")
+    await run(harness, ALICE, "memory pin", id=manual)
+    for i in range(6):
+        await remember(bot, SCOPE_A, f"pivotal thing {i}")
+    bot.scoring.resume()
+    await harness.wait_until_scored()
+    pinned = await memories.pinned_memories(bot.db.reader, SCOPE_A)
+    assert len(pinned) == 3
+    assert pinned[0].id == manual and pinned[0].pin_auto is False
+
+
+async def test_autocomplete_offers_the_invokers_recent_memories_in_scope(harness):
+    bot = await harness.start_bot()
+    bob_ids = [await remember(bot, SCOPE_A, f"bob thought {i}", author_id=BOB, author="Bob") for i in range(30)]
+    carol_id = await remember(bot, SCOPE_A, "carol thought", author_id=CAROL, author="Carol")
+    await remember(bot, SCOPE_B, "bob in guild B", author_id=BOB, author="Bob")
+
+    choices = await harness.discord.autocomplete(
+        BOB, "memory forget", guild_id=GUILD_A, channel_id=LISTEN_CHANNEL, options={}, focused="id"
+    )
+    assert [c["value"] for c in choices] == bob_ids[::-1][:25]
+    assert choices[0]["name"].startswith(f"#{bob_ids[-1]} · Bob: bob thought 29")
+
+    filtered = await harness.discord.autocomplete(
+        BOB, "memory pin", guild_id=GUILD_A, channel_id=LISTEN_CHANNEL, options={"id": "thought 1"}, focused="id"
+    )
+    assert {c["value"] for c in filtered} == {bob_ids[i] for i in (1, *range(10, 20))}
+    by_number = await harness.discord.autocomplete(
+        BOB, "memory pin", guild_id=GUILD_A, channel_id=LISTEN_CHANNEL, options={"id": f"#{bob_ids[3]}"}, focused="id"
+    )
+    assert [c["value"] for c in by_number] == [bob_ids[3]]
+
+    # A moderator is offered everyone's memories; /memory unpin offers only pinned ones.
+    harness.discord.set_member_permissions(GUILD_A, CAROL, MANAGE_MESSAGES)
+    mod_choices = await harness.discord.autocomplete(
+        CAROL, "memory forget", guild_id=GUILD_A, channel_id=LISTEN_CHANNEL, options={}, focused="id"
+    )
+    assert mod_choices[0]["value"] == carol_id and mod_choices[1]["value"] == bob_ids[-1]
+    assert (
+        await harness.discord.autocomplete(
+            CAROL, "memory unpin", guild_id=GUILD_A, channel_id=LISTEN_CHANNEL, options={}, focused="id"
+        )
+        == []
+    )
+    await run(harness, BOB, "memory pin", id=bob_ids[0])
+    pinned_choices = await harness.discord.autocomplete(
+        CAROL, "memory unpin", guild_id=GUILD_A, channel_id=LISTEN_CHANNEL, options={}, focused="id"
+    )
+    assert [c["value"] for c in pinned_choices] == [bob_ids[0]]
+
+
+async def test_other_scopes_memories_are_invisible_and_untouchable(harness):
+    bot = await harness.start_bot()
+    secret = await remember(bot, SCOPE_A, "guild A secret: the vault code is 4242")
+    dm_secret = await remember(bot, Scope.for_dm(BOT_ID, ALICE), "my diary entry")
+    unknown = secret + 1000
+    for memory_id in (secret, dm_secret, unknown):
+        for command in ("memory pin", "memory unpin", "memory forget"):
+            assert await run(harness, BOB, command, guild_id=GUILD_B, id=memory_id) == NO_SUCH
+    assert await run(harness, BOB, "memory list", guild_id=GUILD_B) == "I have no memories here yet."
+    assert "4242" not in await run(harness, BOB, "memory search", guild_id=GUILD_B, query="vault code 4242")
+    # Even the memory's own author cannot reach it from another scope, or from DMs.
+    assert await run(harness, ALICE, "memory forget", guild_id=None, id=secret) == NO_SUCH
+    assert "my diary entry" in await run(harness, ALICE, "memory list", guild_id=None)
+    assert await run(harness, BOB, "memory list", guild_id=None) == "I have no memories here yet."
+    assert await memories.get_memory(bot.db.reader, SCOPE_A, secret) is not None
+
+
+@pytest.mark.parametrize(
+    ("who", "allowed"),
+    [("author", True), ("other member", False), ("manage messages", True), ("config owner", True), ("app owner", True)],
+)
+async def test_who_may_pin_unpin_and_forget(harness, who, allowed):
+    bot = await harness.start_bot(discord={"owner_ids": [CAROL] if who == "config owner" else []})
+    memory_id = await remember(bot, SCOPE_A, "a memory of alice's")
+    user = {"author": ALICE, "other member": BOB, "manage messages": BOB, "config owner": CAROL, "app owner": APP_OWNER}
+    if who == "manage messages":
+        harness.discord.set_member_permissions(GUILD_A, BOB, MANAGE_MESSAGES)
+    user_id = user[who]
+    pin_reply = await run(harness, user_id, "memory pin", id=memory_id)
+    unpin_reply = await run(harness, user_id, "memory unpin", id=memory_id)
+    forget_reply = await run(harness, user_id, "memory forget", id=memory_id)
+    if allowed:
+        assert pin_reply.startswith("Pinned") and unpin_reply.startswith("Unpinned")
+        assert forget_reply.startswith("Forget this memory for good?")
+    else:
+        assert pin_reply == unpin_reply == forget_reply
+        assert pin_reply.startswith("You can't change that memory")
+        memory = await memories.get_memory(bot.db.reader, SCOPE_A, memory_id)
+        assert memory is not None and not memory.pinned
+
+
+async def test_out_of_range_ids_are_refused_clearly(harness):
+    await harness.start_bot()
+    with pytest.raises(ValueError):
+        # The Discord client itself refuses values below the option's minimum.
+        await harness.discord.invoke(
+            ALICE, "memory pin", guild_id=GUILD_A, channel_id=LISTEN_CHANNEL, options={"id": 0}
+        )
+
+
+async def test_forget_asks_first_and_cancel_keeps_the_memory(harness):
+    bot = await harness.start_bot()
+    memory_id = await remember(bot, SCOPE_A, "keep this one")
+    interaction = await harness.discord.invoke(
+        ALICE, "memory forget", guild_id=GUILD_A, channel_id=LISTEN_CHANNEL, options={"id": memory_id}
+    )
+    await interaction.wait_for_response(1)
+    await press(harness, ALICE, interaction.original, "memory:forget:cancel")
+    await interaction.wait_for_response(2)
+    assert interaction.original["content"].startswith("Nothing was forgotten.")
+    assert await memories.get_memory(bot.db.reader, SCOPE_A, memory_id) is not None
+
+
+async def forget(harness, user_id: int, memory_id: int, *, guild_id: int | None = GUILD_A) -> str:
+    channel_id = LISTEN_CHANNEL if guild_id else None
+    interaction = await harness.discord.invoke(
+        user_id, "memory forget", guild_id=guild_id, channel_id=channel_id, options={"id": memory_id}
+    )
+    await interaction.wait_for_response(1)
+    await press(harness, user_id, interaction.original, "memory:forget:confirm")
+    await interaction.wait_for_response(2)
+    return interaction.original["content"]
+
+
+async def test_forget_scrubs_the_text_from_everywhere(harness, tmp_path):
+    bot = await harness.start_bot()
+    unique = ["quokkaflange", "zorbulent", "myxomatic"]
+    await harness.say(LISTEN_CHANNEL, ALICE, f"my secret words are {unique[0]} and {unique[1]}")
+    await harness.wait_for_memories(1)
+    await harness.wait_until_scored()
+    [memory] = await memories.list_memories(bot.db.reader, SCOPE_A)
+    # A second memory of the same words is waiting to be scored when it is forgotten.
+    bot.scoring.pause()
+    queued = await remember(bot, SCOPE_A, f"also {unique[2]} and {unique[0]}")
+    await run(harness, ALICE, "memory pin", id=memory.id)
+    await write_snapshot_now(bot)
+
+    reply = await forget(harness, ALICE, memory.id)
+    assert reply.startswith(f"Forgotten #{memory.id}")
+    assert "Backups taken before now still contain it" in reply
+    assert (await forget(harness, ALICE, queued)).startswith(f"Forgotten #{queued}")
+    classifier_calls = len(harness.llm.requests_for(CLASSIFIER_MODEL))
+    bot.scoring.resume()
+
+    # Not in the next prompt, nor in list or search.
+    await harness.say(LISTEN_CHANNEL, ALICE, "what were my secret words, also the other ones?")
+    context = str(harness.llm.requests_for(CHAT_MODEL)[-1].body["messages"][:-1])
+    assert not any(word in context for word in unique)
+    await harness.wait_for_memories(1)
+    await harness.wait_until_scored()
+    listed = await run(harness, ALICE, "memory list")
+    searched = await run(harness, ALICE, "memory search", query=" ".join(unique))
+    for word in unique:
+        assert word not in listed and word not in searched
+    # The queued memory never reached the classifier.
+    assert all(unique[2] not in r.text for r in harness.llm.requests_for(CLASSIFIER_MODEL)[classifier_calls:])
+
+    # No byte of the checkpointed database or any snapshot holds the words.
+    await bot.db.checkpoint()
+    files = [bot.db.path, *list_snapshots_paths(bot)]
+    assert len(files) >= 2
+    for path in files:
+        data = path.read_bytes()
+        for word in unique:
+            assert word.encode() not in data, f"{word} found in {path.name}"
+
+    # And a rebuild brings nothing back.
+    live, rebuilt = live_and_rebuilt(bot.db.path, tmp_path)
+    assert live == rebuilt
+    assert not any(word in str(rebuilt["memories"]) for word in unique)
+
+
+def list_snapshots_paths(bot):
+    return sorted(bot.config.storage.snapshots_dir.glob("*.db"))
+
+
+async def write_snapshot_now(bot):
+    """Take a snapshot the way the periodic job does."""
+    await bot.operations.snapshot_now(kind="manual")
+
+
+async def test_forget_in_dms_is_the_users_own(harness):
+    bot = await harness.start_bot()
+    dm_memory = await remember(bot, Scope.for_dm(BOT_ID, ALICE), "dm only thing")
+    assert (await forget(harness, ALICE, dm_memory, guild_id=None)).startswith(f"Forgotten #{dm_memory}")
+    assert await memories.count_memories(bot.db.reader, Scope.for_dm(BOT_ID, ALICE)) == 0

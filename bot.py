@@ -35,9 +35,10 @@ from companion.worker import SignificanceWorker
 from storage import backups, sqlite
 from storage.backups import BackupError, UnknownBackup
 from storage.database import Database
+from storage.datadir_lock import DataDirInUse, DataDirLock
 from storage.rebuild import rebuild_projections
 from storage.schema import SchemaTooNew
-from storage.snapshots import SnapshotError, remove_unusable, write_snapshot
+from storage.snapshots import SnapshotError, remove_unusable, scrub_memory, write_snapshot
 
 log = logging.getLogger("companion")
 
@@ -160,8 +161,6 @@ class CompanionBot(commands.Bot):
         Returns the problems met (empty when all went well); the forget itself
         has already committed, so a problem here is reported, never raised.
         """
-        from storage.snapshots import scrub_memory
-
         problems = []
         self.scoring.discard(memory_id)
         try:
@@ -211,6 +210,11 @@ async def create_bot(config: Config, **client_options: Any) -> CompanionBot:
 
 async def run_bot(config: Config) -> int:
     token = config.discord_token()
+    with DataDirLock(config.storage.data_dir).acquire("the bot"):
+        return await _run_bot(config, token)
+
+
+async def _run_bot(config: Config, token: str) -> int:
     bot = await create_bot(config)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -347,8 +351,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in (None, "run"):
             return asyncio.run(run_bot(config))
         if args.command == "rebuild":
-            return cmd_rebuild(config, full=args.full)
+            with DataDirLock(config.storage.data_dir).acquire("bot.py rebuild"):
+                return cmd_rebuild(config, full=args.full)
         if args.command == "backup":
+            # Taking, listing and verifying backups is safe beside a running bot; a restore is not.
+            if args.action == "restore":
+                with DataDirLock(config.storage.data_dir).acquire("bot.py backup restore"):
+                    return cmd_backup(config, args.action, args.name)
             return cmd_backup(config, args.action, getattr(args, "name", None))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -356,6 +365,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SchemaTooNew as exc:
         print(f"error: {exc}; upgrade the bot before using this data", file=sys.stderr)
         return 2
+    except DataDirInUse as exc:
+        print(f"error: {exc}; stop the bot first (or use the slash commands while it runs)", file=sys.stderr)
+        return 1
     except UnknownBackup as exc:
         print(f"error: {exc} See `bot.py backup list`.", file=sys.stderr)
         return 1

@@ -87,7 +87,7 @@ def test_restore_from_the_command_line(setup):
         f"restored {info.name}: the memory is back to event #2",
     ]
     assert memory_texts(data / "memory.db") == ["the first thing", "the second thing"]
-    assert sorted(p.name for p in data.iterdir()) == ["backups", "memory.db"]  # no -wal or -shm left
+    assert sorted(p.name for p in data.iterdir()) == ["backups", "bot.lock", "memory.db"]  # no -wal or -shm left
     # The safety backup holds what the restore replaced.
     safety = backups.newest_backup(data / "backups", "pre-restore")
     assert backups.verify_backup(safety.path).last_event_id == 3

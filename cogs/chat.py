@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TYPING_REFRESH_SECONDS = 8.0
+# Typing shows only when the answer takes longer than this: a quick answer
+# needs no indicator, and the POST would only delay it.
+TYPING_DELAY_SECONDS = 0.25
 BUSY_REPLY = (
     "I'm still catching up on earlier messages in this channel, so I'm skipping new ones for now "
     "(marked ⏳). Please try again in a moment."
@@ -182,6 +185,7 @@ class Chat(commands.Cog):
         return await message.channel.send(text, reference=reference, mention_author=False)
 
     async def _keep_typing(self, channel: discord.abc.Messageable) -> None:
+        await asyncio.sleep(TYPING_DELAY_SECONDS)
         while True:
             try:
                 await channel.typing()

@@ -6,6 +6,7 @@ The chat cog turns a Discord message into an `IncomingTurn`, sends what
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -66,22 +67,21 @@ class TurnService:
     async def build_prompt(self, turn: IncomingTurn) -> Prompt:
         memory_config = self.config.memory
         reader = self.db.reader
-        pinned = await memories.pinned_memories(reader, turn.scope)
-        recent = await memories.recent_memories(reader, turn.scope, turn.channel_id, memory_config.recent_turns)
-        recalled: list[memories.Memory] = []
-        if memory_config.recall_size > 0:
-            candidates = await memories.search_memories(
-                reader,
+        # The search runs on its own reader connection, beside the other two reads.
+        pinned, recent, candidates = await asyncio.gather(
+            memories.pinned_memories(reader, turn.scope),
+            memories.recent_memories(reader, turn.scope, turn.channel_id, memory_config.recent_turns),
+            memories.search_memories(
+                self.db.search_reader,
                 turn.scope,
                 turn.text,
                 memory_config.recall_size * RECALL_CANDIDATES_PER_SLOT,
                 window=RECALL_WINDOW,
-            )
-            recalled = rank_recalled(
-                [(c.memory, c.relevance) for c in candidates],
-                now=time.time(),
-                limit=memory_config.recall_size,
-            )
+            ),
+        )
+        recalled = rank_recalled(
+            [(c.memory, c.relevance) for c in candidates], now=time.time(), limit=memory_config.recall_size
+        )
         parts = PromptParts(
             persona_name=self.config.persona.name,
             system_prompt=self.config.persona.system_prompt,

@@ -1,9 +1,11 @@
-"""The database: one writer connection, one reader, and the transaction gate.
+"""The database: one writer connection, two readers, and the transaction gate.
 
-aiosqlite runs each connection on its own thread, so neither connection ever
-blocks the event loop. Every write goes through `transaction()`, which holds
-an asyncio lock for its whole span: statements from two commands can never
-interleave inside one SQLite transaction.
+aiosqlite runs each connection on its own thread, so no connection ever
+blocks the event loop. The second reader serves full-text search, so a turn's
+search runs beside its other reads (SQLite releases the GIL while it works).
+Every write goes through `transaction()`, which holds an asyncio lock for
+its whole span: statements from two commands can never interleave inside
+one SQLite transaction.
 """
 
 from __future__ import annotations
@@ -31,10 +33,17 @@ T = TypeVar("T")
 class Database:
     """The open database. Create it with `await Database.open(path)`."""
 
-    def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+    def __init__(
+        self,
+        path: Path,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        search_reader: aiosqlite.Connection | None = None,
+    ) -> None:
         self.path = path
         self.writer = writer
         self.reader = reader
+        self.search_reader = search_reader or reader
         self._write_lock = asyncio.Lock()
 
     @classmethod
@@ -48,13 +57,17 @@ class Database:
         path.parent.mkdir(parents=True, exist_ok=True)
         version = await asyncio.to_thread(_migrate_file, path, snapshots_dir)
         log.info("database %s open (schema v%s, SQLite %s)", path, version, sqlite.sqlite_version)
-        writer = await aiosqlite.Connection(lambda: sqlite.connect(path), ITER_CHUNK_ROWS)
+        opened: list[aiosqlite.Connection] = []
         try:
-            reader = await aiosqlite.Connection(lambda: sqlite.connect(path, query_only=True), ITER_CHUNK_ROWS)
+            opened.append(await aiosqlite.Connection(lambda: sqlite.connect(path), ITER_CHUNK_ROWS))
+            for _ in range(2):
+                reader = aiosqlite.Connection(lambda: sqlite.connect(path, query_only=True), ITER_CHUNK_ROWS)
+                opened.append(await reader)
         except BaseException:
-            await writer.close()
+            for conn in opened:
+                await conn.close()
             raise
-        return cls(path, writer, reader)
+        return cls(path, *opened)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -98,6 +111,8 @@ class Database:
 
     async def close(self) -> None:
         await self.reader.close()
+        if self.search_reader is not self.reader:
+            await self.search_reader.close()
         async with self._write_lock:
             try:
                 await self.writer.execute("PRAGMA optimize")

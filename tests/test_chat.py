@@ -30,7 +30,7 @@ async def memory_count(harness) -> int:
 
 async def test_answers_every_message_in_a_listen_channel_and_remembers_the_turn(harness):
     await harness.start_bot()
-    harness.llm.script(CHAT_MODEL, Answer("Nice to meet you, Alice!"))
+    harness.llm.script(CHAT_MODEL, Answer("Nice to meet you, Alice!", delay=0.4))
     reply = await harness.say(LISTEN_CHANNEL, ALICE, "hello, I'm new here")
     assert reply["content"] == "Nice to meet you, Alice!"
     assert reply["message_reference"]["message_id"]
@@ -38,6 +38,10 @@ async def test_answers_every_message_in_a_listen_channel_and_remembers_the_turn(
     [memory] = await memories.list_memories(harness.bot.db.reader, SCOPE_A)
     assert memory.text == "Alice said: hello, I'm new here\nMnemo replied: Nice to meet you, Alice!"
     assert memory.channel_id == LISTEN_CHANNEL and memory.author_id == ALICE
+    # The model took a noticeable moment, so the bot showed it was typing.
+    assert harness.discord.typing == [LISTEN_CHANNEL]
+    # An instant answer needs no indicator.
+    await harness.say(LISTEN_CHANNEL, ALICE, "and quickly?")
     assert harness.discord.typing == [LISTEN_CHANNEL]
 
 

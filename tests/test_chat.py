@@ -155,6 +155,7 @@ async def test_memories_never_reach_another_guilds_prompt(harness):
     prompts = [r.text for r in harness.llm.requests_for(CHAT_MODEL)]
     assert "marmalade-zeppelin" not in prompts[1]
     assert "marmalade-zeppelin" in prompts[2]
+    await harness.wait_for_memories(3)
     assert await memories.count_memories(harness.bot.db.reader, SCOPE_B) == 1
 
 

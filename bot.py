@@ -25,7 +25,7 @@ import yarl
 from discord import app_commands
 from discord.ext import commands
 
-from cogs.replies import UserFacingError, send_ephemeral
+from cogs.replies import UserFacingError, send_ephemeral, storage_error_text
 from companion.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
 from companion.llm import LLMClient
 from companion.operations import Operations
@@ -60,6 +60,11 @@ class CompanionTree(app_commands.CommandTree):
             text = str(error) or "You're not permitted to use this command."
         elif isinstance(error, app_commands.TransformerError):
             text = f"That isn't a valid value for this option: {error.value!r}."
+        elif isinstance(original, sqlite.Error):
+            # A full disk or an I/O error: the write rolled back, and it is the storage, not the command.
+            name = interaction.command.qualified_name if interaction.command else "?"
+            log.error("slash command /%s failed: database error: %s", name, original)
+            text = storage_error_text(original)
         else:
             name = interaction.command.qualified_name if interaction.command else "?"
             log.error("slash command /%s failed", name, exc_info=original)
@@ -276,7 +281,11 @@ def cmd_backup(config: Config, action: str, name: str | None) -> int:
     check = backups.verify_backup(info.path)
     print(f"{info.name} is sound: events up to #{check.last_event_id}")
     safety = backups.take_backup(
-        storage.database_path, storage.backups_dir, kind="pre-restore", keep=config.backup.keep
+        storage.database_path,
+        storage.backups_dir,
+        kind="pre-restore",
+        keep=config.backup.keep,
+        protect=(info.name,),  # it may be an old safety copy itself
     )
     print(f"safety backup {safety.name} taken")
     backups.restore_into(info.path, storage.database_path, storage.snapshots_dir)

@@ -96,13 +96,11 @@ def machine() -> dict[str, Any]:
     return {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()}
 
 
-def report(results: Sequence[Result], *, write_results: bool = False) -> None:
-    """Print the table and one JSON line; optionally write bench/results.json."""
+def report(results: Sequence[Result]) -> None:
+    """Print the table and one JSON line (what `python -m bench` collects into bench/results.json)."""
     print(format_table(results))
     payload = {"machine": machine(), "results": [r.to_json() for r in results]}
     print(json.dumps(payload, separators=(",", ":")))
-    if write_results:
-        RESULTS_PATH.write_text(json.dumps(payload, indent=2) + "\n")
 
 
 def main(run: Callable[..., Result], argv: Sequence[str] | None = None) -> None:

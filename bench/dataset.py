@@ -662,6 +662,11 @@ class Dataset:
     report: BuildReport
     cached: bool  # True when an earlier run built the projections
 
+    @property
+    def events_path(self) -> Path:
+        """The cached event log alone (its projection tables empty), next to the full database."""
+        return self.path.parent / f"{self.spec.stem}.events.db"
+
     @cached_property
     def vocabulary(self) -> Vocabulary:
         return Vocabulary.build(self.spec.seed)

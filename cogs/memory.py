@@ -7,6 +7,7 @@ answer as an id that never existed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable
 from datetime import UTC, datetime
@@ -18,7 +19,7 @@ from discord.ext import commands
 
 from cogs.replies import UserFacingError, send_ephemeral
 from companion.context import clip, rank_recalled
-from storage import memories
+from storage import memories, sqlite
 from storage.commands import MemoryNotFound, forget_memory, pin_memory, unpin_memory
 from storage.memories import Memory
 from storage.scope import Scope
@@ -262,7 +263,15 @@ class MemoryCog(commands.GroupCog, group_name="memory", group_description="See a
             note = "Nothing was forgotten." if not timed_out else "No answer, so nothing was forgotten."
             await interaction.edit_original_response(content=f"{note}\n{memory_line(memory)}", view=None)
             return
-        await self._change(forget_memory(self.bot.db, scope, id, actor_id=interaction.user.id))
+        try:
+            await self._change(forget_memory(self.bot.db, scope, id, actor_id=interaction.user.id))
+        except sqlite.Error:
+            # The forget rolled back. Close the question here; the error handler says why.
+            with contextlib.suppress(discord.HTTPException):
+                await interaction.edit_original_response(
+                    content=f"Nothing was forgotten.\n{memory_line(memory)}", view=None
+                )
+            raise
         problems = await self.bot.after_forget(id)
         if problems:
             outcome = (

@@ -7,6 +7,8 @@ from typing import Any
 import discord
 from discord import app_commands
 
+from storage import sqlite
+
 
 class UserFacingError(app_commands.AppCommandError):
     """An error whose message is safe and useful to show to the person who ran the command."""
@@ -14,6 +16,19 @@ class UserFacingError(app_commands.AppCommandError):
 
 class NotOwner(app_commands.CheckFailure):
     """The command is for the bot's owners only."""
+
+
+def storage_error_text(error: sqlite.Error) -> str:
+    """What to tell someone whose command met a database error (a full disk, an I/O error).
+
+    Writes are all-or-nothing, so nothing was changed, and the condition is
+    usually temporary: say so, and which of the two it is when SQLite knows.
+    """
+    if getattr(error, "sqlite_errorname", None) == "SQLITE_FULL":
+        problem = "my storage is full"
+    else:
+        problem = "my storage is not working right now"
+    return f"Sorry, I couldn't do that: {problem}, so nothing was changed. Please try again later."
 
 
 async def send_ephemeral(interaction: discord.Interaction, content: str | None = None, **kwargs: Any) -> None:

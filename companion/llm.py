@@ -21,6 +21,13 @@ from companion.config import LLMConfig
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_SECONDS = 5.0
+# The longest the SDK may wait when a 429 or 5xx says "retry after N seconds".
+# The SDK honours up to two minutes per attempt: in a rate-limit storm a turn
+# would keep its user, and every message queued behind it in the channel,
+# waiting for minutes before hearing why. A longer wait fails at once
+# instead: the user is told the model is rate-limited, and the scoring
+# worker backs off by itself.
+MAX_RETRY_AFTER_SECONDS = 10.0
 
 
 class LLMError(Exception):
@@ -54,7 +61,7 @@ class LLMClient:
 
     def __init__(self, config: LLMConfig, api_key: str, *, http_client: httpx2.AsyncClient | None = None) -> None:
         self.config = config
-        self._client = AsyncOpenAI(
+        self._client = _BoundedRetryAfterOpenAI(
             base_url=config.base_url,
             api_key=api_key,
             timeout=httpx2.Timeout(
@@ -97,20 +104,60 @@ class LLMClient:
         except (openai.OpenAIError, ValueError) as exc:
             # Malformed bodies from odd proxies surface as parse errors.
             raise LLMError("server", f"unreadable response: {exc}") from exc
-        choices = getattr(response, "choices", None) or []
-        if not choices:
-            raise LLMError("empty", "the response had no choices")
-        choice = choices[0]
-        text = (choice.message.content or "") if choice.message else ""
-        if not text.strip():
-            raise LLMError("empty", f"empty answer (finish_reason={choice.finish_reason})")
-        return Completion(text=text, finish_reason=choice.finish_reason, model=response.model or model)
+        return _completion_of(response, model)
 
     async def chat(self, messages: list[dict[str, str]]) -> Completion:
         return await self.complete(messages, model=self.config.chat_model, max_tokens=self.config.max_reply_tokens)
 
     async def close(self) -> None:
         await self._client.close()
+
+
+def _completion_of(response: object, model: str) -> Completion:
+    """The answer in a parsed response; LLMError if there is none or the body has the wrong shape.
+
+    The SDK builds its response objects without validating them, so a proxy's
+    odd JSON (choices that are not a list, content that is not a string)
+    arrives here as it was sent, and must become an LLMError like any other
+    unreadable answer rather than escape as an AttributeError.
+    """
+    if not isinstance(response, ChatCompletion):
+        # A body that is not a JSON object at all (an HTML error page, a bare list).
+        raise LLMError("server", f"unreadable response: a {type(response).__name__}, not a chat completion")
+    choices = getattr(response, "choices", None) or []
+    if not isinstance(choices, list):
+        raise LLMError("server", f"unreadable response: choices is a {type(choices).__name__}")
+    if not choices:
+        raise LLMError("empty", "the response had no choices")
+    choice = choices[0]
+    message = getattr(choice, "message", None)
+    text = getattr(message, "content", None) or ""
+    if not isinstance(text, str):
+        raise LLMError("server", f"unreadable response: the answer is a {type(text).__name__}")
+    finish_reason = getattr(choice, "finish_reason", None)
+    if not text.strip():
+        raise LLMError("empty", f"empty answer (finish_reason={finish_reason})")
+    answered_model = getattr(response, "model", None)
+    return Completion(
+        text=text,
+        finish_reason=finish_reason if isinstance(finish_reason, str) else None,
+        model=answered_model if isinstance(answered_model, str) and answered_model else model,
+    )
+
+
+class _BoundedRetryAfterOpenAI(AsyncOpenAI):
+    """The SDK client, retrying only when the server's Retry-After is at most MAX_RETRY_AFTER_SECONDS.
+
+    Overrides the SDK's retry decision hook (the one that already refuses
+    Retry-After beyond two minutes); tests/test_fault_llm.py checks it still works.
+    """
+
+    def _should_retry(self, response: httpx2.Response) -> bool:
+        retry_after = self._parse_retry_after_header(response.headers)
+        if retry_after is not None and retry_after > MAX_RETRY_AFTER_SECONDS:
+            log.info("not retrying: the endpoint asks to wait %.0fs", retry_after)
+            return False
+        return super()._should_retry(response)
 
 
 def _status_detail(exc: openai.APIStatusError) -> str:

@@ -326,6 +326,7 @@ class Operations:
                     kind="pre-restore",
                     now=self.clock(),
                     keep=self.config.backup.keep,
+                    protect=(info.name,),  # it may be an old safety copy itself
                 )
                 await self._pre_restore_snapshot()
                 await _report(progress, f"Safety backup `{safety.name}` taken. Restoring `{info.name}`…")

@@ -78,6 +78,9 @@ class SignificanceWorker:
         self._paused = False
         self._backoff = 0.0
         self._backoff_until: float | None = None
+        # When the backoff last grew (monotonic): failures of calls started
+        # before then belong to a round of the outage already counted.
+        self._backoff_grown_at: float | None = None
         self.scored = 0
         self.failures = 0
         self.errors = 0
@@ -231,6 +234,7 @@ class SignificanceWorker:
 
     async def _score(self, memory_id: int) -> None:
         reader = self.db.reader
+        started_at = time.monotonic()
         try:
             scope = await memories.memory_scope(reader, memory_id)
             memory = await memories.get_memory(reader, scope, memory_id) if scope else None
@@ -249,7 +253,7 @@ class SignificanceWorker:
             return
         except LLMError as exc:
             if exc.transient or exc.status in OUTAGE_STATUSES:
-                delay = self._grow_backoff()
+                delay = self._grow_backoff(failed_call_started_at=started_at)
                 self._note_error(f"classifier {exc}")
                 log.warning("classifier unavailable (%s); pausing scoring for %.0fs", exc, delay)
             else:
@@ -269,6 +273,7 @@ class SignificanceWorker:
             # The classifier is back: retry what the outage skipped right away.
             self._backoff = 0.0
             self._backoff_until = None
+            self._backoff_grown_at = None
             self._rescan_now()
         if outcome.pinned or outcome.unpinned:
             log.info(
@@ -291,9 +296,20 @@ class SignificanceWorker:
         self.errors += 1
         self.last_error = message
 
-    def _grow_backoff(self) -> float:
+    def _grow_backoff(self, *, failed_call_started_at: float | None = None) -> float:
+        """Double the pause (from the start value, up to the maximum); returns the seconds to wait.
+
+        Calls run `concurrency` at a time, so one outage fails several at
+        once. Only a call started after the backoff last grew counts as a new
+        round: the others would double the pause once each and turn a short
+        outage into minutes without scoring after the classifier is back.
+        """
+        grown_at = self._backoff_grown_at
+        if failed_call_started_at is not None and grown_at is not None and failed_call_started_at < grown_at:
+            return self._backoff_remaining()
         self._backoff = min(self.backoff_max_seconds, max(self.backoff_start_seconds, self._backoff * 2))
         self._backoff_until = time.time() + self._backoff
+        self._backoff_grown_at = time.monotonic()
         return self._backoff
 
     def _in_backoff(self) -> bool:

@@ -27,7 +27,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -103,9 +103,19 @@ def parse_name(name: str) -> tuple[str, datetime, int] | None:
 
 
 def take_backup(
-    db_path: Path, backups_dir: Path, *, kind: str, now: datetime | None = None, keep: int | None = None
+    db_path: Path,
+    backups_dir: Path,
+    *,
+    kind: str,
+    now: datetime | None = None,
+    keep: int | None = None,
+    protect: Collection[str] = (),
 ) -> BackupInfo:
-    """Copy the live database into a new verified backup; then prune that kind to `keep`."""
+    """Copy the live database into a new verified backup; then prune that kind to `keep`.
+
+    Backups named in `protect` are never pruned: the safety copy a restore
+    takes first must not delete the (pre-restore) backup about to be restored.
+    """
     if kind not in KINDS:
         raise ValueError(f"unknown backup kind {kind!r}")
     backups_dir.mkdir(parents=True, exist_ok=True)
@@ -143,7 +153,7 @@ def take_backup(
     log.info("backup %s taken: %d bytes, events up to #%d", name, size, check.last_event_id)
     if keep is not None:
         try:
-            prune_backups(backups_dir, kind=kind, keep=keep)
+            prune_backups(backups_dir, kind=kind, keep=keep, protect={name, *protect})
         except OSError as exc:
             # The new backup is good; old ones are simply kept a while longer.
             log.warning("could not prune old %s backups: %s", kind, exc)
@@ -312,14 +322,15 @@ def newest_backup(backups_dir: Path, kind: str | None = None) -> BackupInfo | No
     return candidates[-1] if candidates else None
 
 
-def prune_backups(backups_dir: Path, *, kind: str, keep: int) -> list[str]:
-    """Delete the oldest backups of `kind` beyond the newest `keep`; returns their names.
+def prune_backups(backups_dir: Path, *, kind: str, keep: int, protect: Collection[str] = ()) -> list[str]:
+    """Delete the oldest backups of `kind` beyond the newest `keep`, except those named in
+    `protect` (they wait for a later prune); returns the names deleted.
 
     Each kind is pruned on its own, so the nightly rotation never removes a
     manual backup or the safety copy taken before a restore.
     """
     of_kind = [b for b in list_backups(backups_dir) if b.kind == kind]
-    doomed = of_kind[: max(0, len(of_kind) - keep)]
+    doomed = [b for b in of_kind[: max(0, len(of_kind) - keep)] if b.name not in protect]
     for info in doomed:
         _remove_quietly(Path(f"{info.path}{SIDECAR_SUFFIX}"), info.path)
         log.info("pruned backup %s", info.name)
@@ -375,12 +386,18 @@ def restore_into(backup_path: Path, live_path: Path, snapshots_dir: Path | None 
 
 
 def _free_name(backups_dir: Path, kind: str, taken_at: datetime) -> str:
-    serial = 1
-    while True:
-        name = backup_name(kind, taken_at, serial)
-        if not (backups_dir / name).exists() and not (backups_dir / f"{TEMP_PREFIX}{name}").exists():
-            return name
-        serial += 1
+    """A new name that sorts after every backup of `kind` taken in the same second.
+
+    Never a gap left by pruning: a name reused below a higher serial would
+    sort as the oldest of its kind and be pruned as soon as it was taken.
+    """
+    stamp = taken_at.astimezone(UTC).strftime(STAMP_FORMAT)
+    serials = [0]
+    for path in backups_dir.iterdir():
+        parsed = parse_name(path.name.removeprefix(TEMP_PREFIX).removesuffix(SIDECAR_SUFFIX))
+        if parsed is not None and parsed[0] == kind and parsed[1].strftime(STAMP_FORMAT) == stamp:
+            serials.append(parsed[2])
+    return backup_name(kind, taken_at, max(serials) + 1)
 
 
 def _write_synced(path: Path, data: bytes) -> None:

@@ -11,7 +11,7 @@ import aiosqlite
 
 from storage import memories
 from storage.database import Database
-from storage.eventlog import append, redact_memory_written
+from storage.eventlog import append, appender, redact_memory_written
 from storage.events import (
     MemoryForgotten,
     MemoryPinChanged,
@@ -72,8 +72,8 @@ async def write_memory(db: Database, turn: TurnRecord) -> int:
         user_message_id=turn.user_message_id,
         created_at=turn.created_at,
     )
-    async with db.transaction() as tx:
-        return await append(tx, event)
+    # The reply path's one write: the whole transaction in one hop to the writer thread.
+    return await db.write_alone(appender(event))
 
 
 async def record_significance(db: Database, memory_id: int, score: int, *, model: str, pin_cap: int) -> ScoringOutcome:

@@ -7,13 +7,17 @@ caller's transaction, so the log and the projections never disagree.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import aiosqlite
 
-from storage.events import Event, MemoryWritten, decode, encode
-from storage.projections import advance_to, statements_for
+from storage.connection_thread import run_on_connection
+from storage.events import Event, MemoryWritten, decode, dump_payload, encode, payload_of
+from storage.projections import advance_to, fold
+from storage.sqlite import sqlite3
+
+INSERT_EVENT = "INSERT INTO events (kind, version, payload, recorded_at) VALUES (?, ?, ?, ?)"
 
 
 @dataclass(frozen=True)
@@ -28,18 +32,24 @@ async def append(tx: aiosqlite.Connection, event: Event) -> int:
 
     Must run inside `Database.transaction()`.
     """
-    kind, version, payload = encode(event)
-    cursor = await tx.execute(
-        "INSERT INTO events (kind, version, payload, recorded_at) VALUES (?, ?, ?, ?)",
-        (kind, version, payload, time.time()),
-    )
-    seq = cursor.lastrowid
-    assert seq is not None
-    for sql, params in statements_for(seq, event):
-        await tx.execute(sql, params)
-    sql, params = advance_to(seq)
-    await tx.execute(sql, params)
-    return seq
+    return await run_on_connection(tx, appender(event))
+
+
+def appender(event: Event) -> Callable[[sqlite3.Connection], int]:
+    """The synchronous append of `event`, for a caller already on the connection's thread."""
+    kind, version, data = event.KIND, event.VERSION, payload_of(event)
+    payload = dump_payload(data)
+    recorded_at = time.time()
+
+    def write(conn: sqlite3.Connection) -> int:
+        seq = conn.execute(INSERT_EVENT, (kind, version, payload, recorded_at)).lastrowid
+        assert seq is not None
+        for sql, params in fold(seq, kind, data):
+            conn.execute(sql, params)
+        conn.execute(*advance_to(seq))
+        return seq
+
+    return write
 
 
 async def redact_memory_written(tx: aiosqlite.Connection, memory_id: int) -> bool:

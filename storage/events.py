@@ -115,18 +115,39 @@ class UnknownEvent(Exception):
     """The log holds an event kind or version this code cannot read."""
 
 
+# Each event type's field names in declaration order. Events are flat (numbers, text,
+# booleans, None), so these fields are exactly what `dataclasses.asdict` would give.
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {
+    cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in EVENT_TYPES.values()
+}
+
+
+def payload_of(event: Event) -> dict[str, Any]:
+    """The event's payload: its fields, in declaration order."""
+    return {name: getattr(event, name) for name in _FIELD_NAMES[type(event)]}
+
+
+def dump_payload(data: dict[str, Any]) -> str:
+    """The JSON text stored for a payload."""
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
 def encode(event: Event) -> tuple[str, int, str]:
     """(kind, version, JSON payload) for storage."""
-    payload = dataclasses.asdict(event)
-    return event.KIND, event.VERSION, json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    return event.KIND, event.VERSION, dump_payload(payload_of(event))
 
 
-def decode(kind: str, version: int, payload: str | dict[str, Any]) -> Event:
-    """Rebuild an event from storage, upcasting older payload versions."""
+def read_payload(kind: str, version: int, payload: str | dict[str, Any]) -> dict[str, Any]:
+    """A stored payload as a dict in the current version's shape, upcasting older versions.
+
+    What `decode` builds an event from; a rebuild reads payloads this way, without the dataclass.
+    """
     cls = EVENT_TYPES.get(kind)
     if cls is None:
         raise UnknownEvent(f"unknown event kind {kind!r}")
     data = json.loads(payload) if isinstance(payload, str) else dict(payload)
+    if version == cls.VERSION:
+        return data
     while version < cls.VERSION:
         upcast = UPCASTERS.get((kind, version))
         if upcast is None:
@@ -135,4 +156,10 @@ def decode(kind: str, version: int, payload: str | dict[str, Any]) -> Event:
         version += 1
     if version != cls.VERSION:
         raise UnknownEvent(f"{kind} v{version} is newer than this code's v{cls.VERSION}")
-    return cls(**data)
+    return data
+
+
+def decode(kind: str, version: int, payload: str | dict[str, Any]) -> Event:
+    """Rebuild an event from storage, upcasting older payload versions."""
+    data = read_payload(kind, version, payload)
+    return EVENT_TYPES[kind](**data)

@@ -149,20 +149,6 @@ async def count_memories(conn: aiosqlite.Connection, scope: Scope, *, pinned_onl
     return int(row[0]) if row else 0
 
 
-# Words too common to say anything about what a memory is about.
-STOPWORDS = frozenset(
-    """
-    a about above after again against all am an and any are as at be because been before being
-    below between both but by can could did do does doing down during each few for from further
-    had has have having he her here hers herself him himself his how i if in into is it its
-    itself just me more most my myself no nor not now of off on once only or other our ours
-    ourselves out over own same she should so some such than that the their theirs them
-    themselves then there these they this those through to too under until up very was we were
-    what when where which while who whom why will with would you your yours yourself yourselves
-    im ive id ill youre dont doesnt didnt cant wont isnt arent wasnt hey hi hello yeah yes ok okay
-    lol please thanks thank really just like also get got know think want tell say said
-    """.split()
-)
 MAX_QUERY_TERMS = 12
 # Matches ranked per search: the most recent this many matches of any query
 # word. Ranking every match would cost what the scope's size costs (tens
@@ -175,9 +161,8 @@ def search_terms(text: str) -> list[str]:
     """The distinct content words of `text`, longest first, at most MAX_QUERY_TERMS."""
     seen: dict[str, None] = {}
     for word in tokens.words(text):
-        if len(word) < 2 or word in STOPWORDS or (word.isdigit() and len(word) < 3):
-            continue
-        seen.setdefault(word, None)
+        if tokens.is_searchable(word):
+            seen.setdefault(word, None)
     # Longer words tend to be rarer and more telling.
     return sorted(seen, key=len, reverse=True)[:MAX_QUERY_TERMS]
 

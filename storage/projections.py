@@ -1,93 +1,180 @@
 """The projections as a pure fold: an event becomes the SQL that applies it.
 
-The same statements serve the live path (one transaction per command) and
-the rebuild (batched in a thread), so the two cannot drift apart. Every
-statement tolerates a missing memory: after a forget, later events about it
-simply match no row.
+The fold reads an event as stored: its kind and its payload as a dict (see
+`storage.events.read_payload`). The same statements serve the live path
+(one transaction per command) and the rebuild, so the two cannot drift
+apart. Every statement tolerates a missing memory: after a forget, later
+events about it simply match no row.
+
+What an event does to an existing memory is written once, as data: a list
+of column changes (`row_changes`). The live path turns it into an UPDATE;
+a rebuild also applies it in memory to rows it has not inserted yet
+(`apply_changes`), so most rows are written once, in their final state.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import Any
 
 from storage import tokens
 from storage.events import (
+    EVENT_TYPES,
     Event,
     MemoryForgotten,
     MemoryPinChanged,
     MemorySignificanceFailed,
     MemorySignificanceSet,
     MemoryWritten,
+    payload_of,
 )
 from storage.scope import Scope
 
 Statement = tuple[str, tuple[Any, ...]]
 
-INSERT_MEMORY = (
-    "INSERT INTO memories (id, written_seq, bot_id, scope_kind, scope_id, channel_id, author_id,"
-    " author_name, bot_name, user_text, reply_text, user_message_id, created_at, search_text)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+MEMORY_WRITTEN = MemoryWritten.KIND
+MEMORY_FORGOTTEN = MemoryForgotten.KIND
+
+# Every column of a memories row, in table order; `new_memory` makes rows in this shape.
+MEMORY_COLUMNS = (
+    "id",
+    "written_seq",
+    "bot_id",
+    "scope_kind",
+    "scope_id",
+    "channel_id",
+    "author_id",
+    "author_name",
+    "bot_name",
+    "user_text",
+    "reply_text",
+    "user_message_id",
+    "created_at",
+    "significance",
+    "scoring_failures",
+    "pinned",
+    "pin_auto",
+    "pinned_seq",
+    "search_text",
 )
-INDEX_MEMORY = "INSERT INTO memories_fts (rowid, search_text) SELECT id, search_text FROM memories WHERE id = ?"
+COLUMN_INDEX = {name: i for i, name in enumerate(MEMORY_COLUMNS)}
+SEARCH_TEXT = COLUMN_INDEX["search_text"]
+
+INSERT_MEMORY = f"INSERT INTO memories ({', '.join(MEMORY_COLUMNS)}) VALUES ({', '.join('?' * len(MEMORY_COLUMNS))})"
+INDEX_MEMORY = "INSERT INTO memories_fts (rowid, search_text) VALUES (?, ?)"
 UNINDEX_MEMORY = (
     "INSERT INTO memories_fts (memories_fts, rowid, search_text)"
     " SELECT 'delete', id, search_text FROM memories WHERE id = ?"
 )
-SET_SIGNIFICANCE = "UPDATE memories SET significance = ? WHERE id = ? AND significance IS NULL"
-COUNT_SCORING_FAILURE = "UPDATE memories SET scoring_failures = scoring_failures + 1 WHERE id = ?"
-PIN = "UPDATE memories SET pinned = 1, pin_auto = ?, pinned_seq = ? WHERE id = ?"
-UNPIN = "UPDATE memories SET pinned = 0, pin_auto = NULL, pinned_seq = NULL WHERE id = ?"
 DELETE_MEMORY = "DELETE FROM memories WHERE id = ?"
 ADVANCE = "UPDATE projection_state SET last_seq = ? WHERE name = 'memories' AND last_seq < ?"
 
+# How a column changes: SET assigns; SET_IF_NULL assigns only while the
+# column is still NULL (the first score stands); ADD increments.
+SET, SET_IF_NULL, ADD = "set", "set_if_null", "add"
+Change = tuple[str, str, Any]  # (column, how, value)
 
-def statements_for(seq: int, event: Event, *, index_text: bool = True) -> list[Statement]:
-    """The SQL that applies `event`, recorded at `seq`, to the projections.
+
+def new_memory(seq: int, data: dict[str, Any]) -> list[Any] | None:
+    """The memories row a memory_written payload creates, or None for a redacted (forgotten) one."""
+    if data.get("redacted", False):
+        # Its text is gone, and a later memory_forgotten removes nothing because nothing is inserted.
+        return None
+    scope = _scope(data["bot_id"], data["scope_kind"], data["scope_id"])
+    return [
+        seq,
+        seq,
+        data["bot_id"],
+        data["scope_kind"],
+        data["scope_id"],
+        data["channel_id"],
+        data["author_id"],
+        data["author_name"],
+        data["bot_name"],
+        data["user_text"],
+        data["reply_text"],
+        data["user_message_id"],
+        data["created_at"],
+        None,  # significance: not scored yet
+        0,  # scoring_failures
+        0,  # pinned
+        None,  # pin_auto
+        None,  # pinned_seq
+        tokens.index_text(scope, data["author_name"], data["user_text"], data["reply_text"]),
+    ]
+
+
+def row_changes(seq: int, kind: str, data: dict[str, Any]) -> list[Change]:
+    """What an event other than memory_written and memory_forgotten does to the memory it names."""
+    if kind == MemorySignificanceSet.KIND:
+        return [("significance", SET_IF_NULL, data["score"])]
+    if kind == MemorySignificanceFailed.KIND:
+        return [("scoring_failures", ADD, 1)]
+    if kind == MemoryPinChanged.KIND:
+        if data["pinned"]:
+            return [("pinned", SET, 1), ("pin_auto", SET, int(data["auto"])), ("pinned_seq", SET, seq)]
+        return [("pinned", SET, 0), ("pin_auto", SET, None), ("pinned_seq", SET, None)]
+    raise TypeError(f"no projection for {kind}")
+
+
+def apply_changes(row: list[Any], changes: list[Change]) -> None:
+    """Apply `changes` to a row held in memory, exactly as their UPDATE would."""
+    for column, how, value in changes:
+        i = COLUMN_INDEX[column]
+        if how == SET:
+            row[i] = value
+        elif how == SET_IF_NULL:
+            if row[i] is None:
+                row[i] = value
+        else:
+            row[i] += value
+
+
+@lru_cache(maxsize=64)
+def _update_sql(shape: tuple[tuple[str, str], ...]) -> str:
+    """The UPDATE applying changes of this (column, how) shape to the memory `id = ?`."""
+    assignments = {
+        SET: "{0} = ?",
+        SET_IF_NULL: "{0} = coalesce({0}, ?)",
+        ADD: "{0} = {0} + ?",
+    }
+    sets = ", ".join(assignments[how].format(column) for column, how in shape)
+    return f"UPDATE memories SET {sets} WHERE id = ?"
+
+
+def update_statement(memory_id: int, changes: list[Change]) -> Statement:
+    shape = tuple((column, how) for column, how, _ in changes)
+    return _update_sql(shape), (*(value for _, _, value in changes), memory_id)
+
+
+def fold(seq: int, kind: str, data: dict[str, Any], *, index_text: bool = True) -> list[Statement]:
+    """The SQL that applies the event `kind` with payload `data`, recorded at `seq`, to the projections.
 
     `index_text=False` leaves the full-text index alone; a rebuild refills
     it in one pass at the end, which is much faster than row by row.
     """
-    match event:
-        case MemoryWritten(redacted=True):
-            # A forgotten memory: its text is gone, and a later
-            # memory_forgotten removes nothing because nothing is inserted.
+    if kind not in EVENT_TYPES:
+        raise TypeError(f"no projection for {kind}")
+    if kind == MEMORY_WRITTEN:
+        row = new_memory(seq, data)
+        if row is None:
             return []
-        case MemoryWritten():
-            scope = Scope(event.bot_id, event.scope_kind, event.scope_id)  # type: ignore[arg-type]
-            row = (
-                seq,
-                seq,
-                event.bot_id,
-                event.scope_kind,
-                event.scope_id,
-                event.channel_id,
-                event.author_id,
-                event.author_name,
-                event.bot_name,
-                event.user_text,
-                event.reply_text,
-                event.user_message_id,
-                event.created_at,
-                tokens.index_text(scope, event.author_name, event.user_text, event.reply_text),
-            )
-            statements: list[Statement] = [(INSERT_MEMORY, row)]
-            if index_text:
-                statements.append((INDEX_MEMORY, (seq,)))
-            return statements
-        case MemorySignificanceSet():
-            return [(SET_SIGNIFICANCE, (event.score, event.memory_id))]
-        case MemorySignificanceFailed():
-            return [(COUNT_SCORING_FAILURE, (event.memory_id,))]
-        case MemoryPinChanged(pinned=True):
-            return [(PIN, (int(event.auto), seq, event.memory_id))]
-        case MemoryPinChanged():
-            return [(UNPIN, (event.memory_id,))]
-        case MemoryForgotten():
-            statements = [(UNINDEX_MEMORY, (event.memory_id,))] if index_text else []
-            statements.append((DELETE_MEMORY, (event.memory_id,)))
-            return statements
-    raise TypeError(f"no projection for {type(event).__name__}")
+        statements: list[Statement] = [(INSERT_MEMORY, tuple(row))]
+        if index_text:
+            statements.append((INDEX_MEMORY, (seq, row[SEARCH_TEXT])))
+        return statements
+    memory_id = data["memory_id"]
+    if kind == MEMORY_FORGOTTEN:
+        statements = [(UNINDEX_MEMORY, (memory_id,))] if index_text else []
+        statements.append((DELETE_MEMORY, (memory_id,)))
+        return statements
+    return [update_statement(memory_id, row_changes(seq, kind, data))]
+
+
+def statements_for(seq: int, event: Event, *, index_text: bool = True) -> list[Statement]:
+    """`fold` for an event object (what the live path holds)."""
+    return fold(seq, event.KIND, payload_of(event), index_text=index_text)
 
 
 def advance_to(seq: int) -> Statement:
@@ -107,3 +194,9 @@ def batched(statements: Iterable[Statement]) -> Iterable[tuple[str, list[tuple[A
         rows.append(params)
     if rows:
         yield current_sql, rows  # type: ignore[misc]
+
+
+@lru_cache(maxsize=4096)
+def _scope(bot_id: int, kind: str, scope_id: int) -> Scope:
+    """Scopes are few and their index tag costs a hash: build each once."""
+    return Scope(bot_id, kind, scope_id)  # type: ignore[arg-type]

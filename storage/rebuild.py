@@ -16,20 +16,42 @@ import contextlib
 import logging
 import re
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from storage import sqlite
-from storage.events import decode
-from storage.projections import advance_to, batched, statements_for
+from storage.events import read_payload
+from storage.projections import (
+    INSERT_MEMORY,
+    MEMORY_FORGOTTEN,
+    MEMORY_WRITTEN,
+    Statement,
+    advance_to,
+    apply_changes,
+    batched,
+    fold,
+    new_memory,
+    row_changes,
+)
 from storage.schema import PROJECTION_DDL, PROJECTION_TABLES, split_script
 from storage.snapshots import SnapshotError, SnapshotInfo, load_into, usable_snapshots
 
 log = logging.getLogger(__name__)
 
-FETCH_ROWS = 5000
+FETCH_ROWS = 10_000
 SNAPSHOT_ALIAS = "snapshot"
+# See `replay`: how long a new memory's row stays in memory, collecting its score, before it is inserted.
+HOLD_EVENTS = 10_000
+# For the rebuild's transaction only: a page cache big enough to keep the new tables'
+# pages (and the index builds' sorting) in memory until the commit writes them once.
+REBUILD_CACHE_KIB = 512 * 1024
+# See `fill_fts`.
+REBUILD_FTS_HASH_BYTES = 256 << 20
+FTS_DEFAULT_HASH_BYTES = 1 << 20
 
+_CREATE_INDEX = re.compile(r"^CREATE\s+INDEX\s", re.IGNORECASE)
 _CREATE = re.compile(r"^CREATE\s+(?:VIRTUAL\s+)?(?:TABLE|INDEX)\s+(\w+)", re.IGNORECASE)
 # The projection objects and the exact SQL this code creates them with; the
 # database keeps that text, so any other text means other projection tables.
@@ -77,22 +99,31 @@ def rebuild_on(conn: sqlite.sqlite3.Connection, *, snapshot: SnapshotInfo | None
     if snapshot is not None:
         # ATTACH is not allowed inside a transaction.
         conn.execute(f"ATTACH DATABASE ? AS {SNAPSHOT_ALIAS}", (str(snapshot.path),))
+    (cache_size,) = conn.execute("PRAGMA cache_size").fetchone()
     try:
+        conn.execute(f"PRAGMA cache_size = -{REBUILD_CACHE_KIB}")
         conn.execute("BEGIN IMMEDIATE")
         try:
             for table in PROJECTION_TABLES:
                 conn.execute(f"DROP TABLE IF EXISTS main.{table}")
+            # The secondary indexes are built after the rows are in: sorting once beats
+            # inserting row by row into five b-trees.
+            deferred = [s for s in split_script(PROJECTION_DDL) if _CREATE_INDEX.match(s)]
             for statement in split_script(PROJECTION_DDL):
-                conn.execute(statement)
+                if statement not in deferred:
+                    conn.execute(statement)
             after_seq = load_into(conn, SNAPSHOT_ALIAS, snapshot) if snapshot is not None else 0
             count, last = replay(conn, after_seq=after_seq)
-            conn.execute("INSERT INTO memories_fts (memories_fts) VALUES ('rebuild')")
+            for statement in deferred:
+                conn.execute(statement)
+            fill_fts(conn)
             conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite.OperationalError):  # SQLite may have rolled back already
                 conn.execute("ROLLBACK")
             raise
     finally:
+        conn.execute(f"PRAGMA cache_size = {int(cache_size)}")
         if snapshot is not None:
             conn.execute(f"DETACH DATABASE {SNAPSHOT_ALIAS}")
     report = RebuildReport(
@@ -114,26 +145,74 @@ def rebuild_on(conn: sqlite.sqlite3.Connection, *, snapshot: SnapshotInfo | None
     return report
 
 
-def replay(conn: sqlite.sqlite3.Connection, *, after_seq: int) -> tuple[int, int]:
+def replay(conn: sqlite.sqlite3.Connection, *, after_seq: int, hold_events: int | None = None) -> tuple[int, int]:
     """Apply every event after `after_seq` to the projections, without touching the FTS index.
 
     Returns (events applied, last sequence number). The caller owns the
     transaction and refills the FTS index afterwards.
+
+    A new memory's row is held back in memory until `hold_events` (default
+    HOLD_EVENTS) later events have been read, and what those events do to it
+    is applied there (`projections.apply_changes`): its score, which comes a
+    moment after it, is in the row when it is inserted, once. Events about
+    rows already inserted (or loaded from a snapshot) run their SQL
+    (`projections.fold`). Each row still sees its events in log order, first
+    in memory and then in SQL, so the result is that of folding event after
+    event (tests/test_rebuild.py checks it against that fold).
     """
+    hold = HOLD_EVENTS if hold_events is None else hold_events
     reader = conn.execute("SELECT seq, kind, version, payload FROM events WHERE seq > ? ORDER BY seq", (after_seq,))
+    held: dict[int, list[Any]] = {}
+    held_order: deque[int] = deque()
     count = 0
     last = after_seq
     while rows := reader.fetchmany(FETCH_ROWS):
-        statements = []
+        statements: list[Statement] = []
         for seq, kind, version, payload in rows:
-            statements.extend(statements_for(seq, decode(kind, version, payload), index_text=False))
+            data = read_payload(kind, version, payload)
+            if kind == MEMORY_WRITTEN:
+                row = new_memory(seq, data)
+                if row is not None:
+                    held[seq] = row
+                    held_order.append(seq)
+                continue
+            memory_id = data["memory_id"]
+            row = held.get(memory_id)
+            if row is None:
+                statements.extend(fold(seq, kind, data, index_text=False))
+            elif kind == MEMORY_FORGOTTEN:
+                del held[memory_id]
+            else:
+                apply_changes(row, row_changes(seq, kind, data))
+        # Before this batch's inserts: these are about rows inserted earlier (or loaded from
+        # the snapshot), and one naming a memory written later in the log must find no row.
         for sql, params in batched(statements):
             conn.executemany(sql, params)
         count += len(rows)
         last = rows[-1][0]
-    sql, params = advance_to(last)
-    conn.execute(sql, params)
+        ready = []
+        while held_order and held_order[0] <= last - hold:
+            row = held.pop(held_order.popleft(), None)  # None: forgotten while held
+            if row is not None:
+                ready.append(row)
+        conn.executemany(INSERT_MEMORY, ready)
+    conn.executemany(INSERT_MEMORY, list(held.values()))
+    conn.execute(*advance_to(last))
     return count, last
+
+
+def fill_fts(conn: sqlite.sqlite3.Connection) -> None:
+    """Index every memories row in the (empty) FTS table, in one pass.
+
+    FTS5 collects terms in memory and writes a segment whenever they pass its
+    hash size (1 MiB by default): for a whole log that is hundreds of small
+    segments, merged over and over. A larger hash for this one pass writes a
+    few big ones; the table's setting is put back afterwards.
+    """
+    set_option = "INSERT INTO memories_fts (memories_fts, rank) VALUES ('hashsize', ?)"
+    conn.execute(set_option, (REBUILD_FTS_HASH_BYTES,))
+    conn.execute("INSERT INTO memories_fts (memories_fts) VALUES ('rebuild')")
+    conn.execute(set_option, (FTS_DEFAULT_HASH_BYTES,))
 
 
 def stale_projections(conn: sqlite.sqlite3.Connection) -> str | None:

@@ -29,7 +29,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -120,7 +120,7 @@ def write_snapshot(
     log.info("snapshot %s written at event #%s with %s memories", name, info.seq, info.memories)
     if keep is not None:
         try:
-            prune_snapshots(snapshots_dir, kind=kind, keep=keep)
+            prune_snapshots(snapshots_dir, kind=kind, keep=keep, protect=(name,))
         except OSError as exc:
             log.warning("could not prune old %s snapshots: %s", kind, exc)
     return info
@@ -224,7 +224,7 @@ def list_snapshots(snapshots_dir: Path) -> list[SnapshotInfo]:
         if NAME_PATTERN.match(path.name):
             with contextlib.suppress(FileNotFoundError):  # pruned meanwhile
                 infos.append(read_snapshot_info(path))
-    return sorted(infos, key=lambda i: (i.taken_at, i.name))
+    return sorted(infos, key=lambda i: (i.taken_at, _serial(i.name), i.name))
 
 
 def unusable_reason(conn: sqlite.sqlite3.Connection, info: SnapshotInfo) -> str | None:
@@ -260,7 +260,7 @@ def usable_snapshots(conn: sqlite.sqlite3.Connection, snapshots_dir: Path) -> li
             usable.append(info)
         else:
             log.info("snapshot %s not usable: %s", info.name, reason)
-    return sorted(usable, key=lambda i: (i.seq or 0, i.taken_at, i.name), reverse=True)
+    return sorted(usable, key=lambda i: (i.seq or 0, i.taken_at, _serial(i.name), i.name), reverse=True)
 
 
 def has_current_snapshot(db_path: Path, snapshots_dir: Path) -> bool:
@@ -294,12 +294,14 @@ def load_into(conn: sqlite.sqlite3.Connection, alias: str, info: SnapshotInfo) -
 # pruning
 
 
-def prune_snapshots(snapshots_dir: Path, *, kind: str, keep: int) -> list[str]:
-    """Delete the oldest snapshots of `kind` beyond the newest `keep`, and unreadable ones."""
+def prune_snapshots(snapshots_dir: Path, *, kind: str, keep: int, protect: Collection[str] = ()) -> list[str]:
+    """Delete the oldest snapshots of `kind` beyond the newest `keep`, and unreadable ones;
+    never those named in `protect` (the one just written)."""
     with _files_lock:
         infos = list_snapshots(snapshots_dir)
         of_kind = [i for i in infos if i.kind == kind and i.readable]
         doomed = [i for i in infos if not i.readable] + of_kind[: max(0, len(of_kind) - keep)]
+        doomed = [i for i in doomed if i.name not in protect]
         for info in doomed:
             _remove_quietly(info.path)
             log.info("pruned snapshot %s", info.name)
@@ -425,12 +427,19 @@ def _rollback_quietly(conn: sqlite.sqlite3.Connection) -> None:
 
 
 def _free_name(snapshots_dir: Path, kind: str, taken_at: datetime) -> str:
-    serial = 1
-    while True:
-        name = snapshot_name(kind, taken_at, serial)
-        if not (snapshots_dir / name).exists() and not (snapshots_dir / f"{TEMP_PREFIX}{name}").exists():
-            return name
-        serial += 1
+    """A new name that sorts after every snapshot of `kind` taken in the same second
+    (never a gap left by pruning, which would sort as the oldest)."""
+    serials = [0]
+    for path in snapshots_dir.iterdir():
+        match = NAME_PATTERN.match(path.name.removeprefix(TEMP_PREFIX))
+        if match and match["kind"] == kind and match["stamp"] == taken_at.astimezone(UTC).strftime(STAMP_FORMAT):
+            serials.append(int(match["serial"] or 1))
+    return snapshot_name(kind, taken_at, max(serials) + 1)
+
+
+def _serial(name: str) -> int:
+    match = NAME_PATTERN.match(name)
+    return int(match["serial"] or 1) if match else 0
 
 
 def _fsync(path: Path) -> None:

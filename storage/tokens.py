@@ -15,20 +15,48 @@ import unicodedata
 
 from storage.scope import Scope
 
-# Letters and digits only: the characters FTS5's unicode61 tokenizer also
-# keeps inside a token, so a prefixed word always stays one token.
-_WORD = re.compile(r"[^\W_]+")
 MAX_WORD_CHARS = 64
+# Letters and digits only: the characters FTS5's unicode61 tokenizer also
+# keeps inside a token, so a prefixed word always stays one token. The group
+# keeps a word's first MAX_WORD_CHARS characters and the rest of it is skipped.
+_WORD = re.compile(rf"([^\W_]{{1,{MAX_WORD_CHARS}}})[^\W_]*")
+# The same on casefolded ASCII text (most chat), where it is exactly [a-z0-9] and much faster.
+_ASCII_WORD = re.compile(rf"([a-z0-9]{{1,{MAX_WORD_CHARS}}})[a-z0-9]*")
 # Deletes every combining mark: after NFKD, that is what takes accents off.
 _DROP_COMBINING = {cp: None for cp in range(0x110000) if unicodedata.combining(chr(cp))}
 
 
 def words(text: str) -> list[str]:
-    """Casefolded, accent-free words of `text`, in order."""
+    """Casefolded, accent-free words of `text` (each cut to MAX_WORD_CHARS), in order."""
     folded = text.casefold()
-    if not folded.isascii():
-        folded = unicodedata.normalize("NFKD", folded).translate(_DROP_COMBINING)
-    return [word[:MAX_WORD_CHARS] for word in _WORD.findall(folded)]
+    if folded.isascii():
+        return _ASCII_WORD.findall(folded)
+    folded = unicodedata.normalize("NFKD", folded).translate(_DROP_COMBINING)
+    return _WORD.findall(folded)
+
+
+# Words too common to say anything about what a memory is about. They are
+# neither indexed nor searched for.
+STOPWORDS = frozenset(
+    """
+    a about above after again against all am an and any are as at be because been before being
+    below between both but by can could did do does doing down during each few for from further
+    had has have having he her here hers herself him himself his how i if in into is it its
+    itself just me more most my myself no nor not now of off on once only or other our ours
+    ourselves out over own same she should so some such than that the their theirs them
+    themselves then there these they this those through to too under until up very was we were
+    what when where which while who whom why will with would you your yours yourself yourselves
+    im ive id ill youre dont doesnt didnt cant wont isnt arent wasnt hey hi hello yeah yes ok okay
+    lol please thanks thank really just like also get got know think want tell say said
+    """.split()
+)
+
+
+def is_searchable(word: str) -> bool:
+    """Whether a word is worth indexing and searching for: not filler, not a lone letter or a small number."""
+    if len(word) < 2 or word in STOPWORDS:
+        return False
+    return not (word.isdigit() and len(word) < 3)
 
 
 def scoped_term(scope: Scope, word: str) -> str:
@@ -36,8 +64,13 @@ def scoped_term(scope: Scope, word: str) -> str:
 
 
 def index_text(scope: Scope, *texts: str) -> str:
-    """The text the FTS index stores for a memory: its words, each prefixed with the scope."""
-    found = [word for text in texts for word in words(text)]
+    """The text the FTS index stores for a memory: its searchable words, each prefixed with the scope.
+
+    Only words a search can ask for are indexed: filler words would cost
+    index space and write time (about half of chat's words) for nothing.
+    """
+    # One pass over all the texts: a space between them ends a word as the end of a text does.
+    found = [word for word in words(" ".join(texts)) if is_searchable(word)]
     if not found:
         return ""
     prefix = scope.token

@@ -1,7 +1,8 @@
 """A fake OpenAI-compatible endpoint on 127.0.0.1 for the real openai SDK.
 
 Each model has a queue of scripted actions (answer, fail, hang, send raw
-bytes); when a queue is empty, the model's default responder answers.
+bytes, cut the connection or stall in the middle of a body); when a queue
+is empty, the model's default responder answers.
 Every request body is recorded, so tests can read the prompts the bot sent.
 """
 
@@ -46,7 +47,22 @@ class Raw:
     status: int = 200
 
 
-Action = Answer | Fail | Hang | Raw
+@dataclass(frozen=True)
+class Cut:
+    """Send the headers and the start of the body, then drop the connection."""
+
+    partial: bytes = b'{"id": "chatcmpl-cut", "object": "chat.completion", "choi'
+
+
+@dataclass(frozen=True)
+class Stall:
+    """Send the headers and the start of the body, then nothing more for `seconds`."""
+
+    seconds: float = 3600.0
+    partial: bytes = b'{"id": "chatcmpl-stall", '
+
+
+Action = Answer | Fail | Hang | Raw | Cut | Stall
 Responder = Callable[[dict[str, Any]], Action | Awaitable[Action]]
 
 
@@ -126,7 +142,7 @@ class FakeLLM:
         self.max_in_flight = max(self.max_in_flight, self._in_flight)
         try:
             action = await self._next_action(model, body)
-            return await self._perform(action, body)
+            return await self._perform(action, body, request)
         finally:
             self._in_flight -= 1
 
@@ -140,7 +156,7 @@ class FakeLLM:
             action = await action
         return action  # type: ignore[return-value]
 
-    async def _perform(self, action: Action, body: dict[str, Any]) -> web.StreamResponse:
+    async def _perform(self, action: Action, body: dict[str, Any], request: web.Request) -> web.StreamResponse:
         match action:
             case Answer(text=text, delay=delay, finish_reason=finish_reason):
                 if delay:
@@ -157,6 +173,15 @@ class FakeLLM:
                 return _json(self._completion(body, "too late", "stop"))
             case Raw(body=raw, content_type=content_type, status=status):
                 return web.Response(body=raw, status=status, content_type=content_type)
+            case Cut(partial=partial):
+                response = await _start_body(request, partial)
+                assert request.transport is not None
+                request.transport.close()
+                return response
+            case Stall(seconds=seconds, partial=partial):
+                response = await _start_body(request, partial)
+                await asyncio.sleep(seconds)
+                return response
         raise TypeError(f"unknown action {action!r}")
 
     def _completion(self, body: dict[str, Any], text: str, finish_reason: str) -> dict[str, Any]:
@@ -174,6 +199,16 @@ class FakeLLM:
             ],
             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
         }
+
+
+async def _start_body(request: web.Request, partial: bytes) -> web.StreamResponse:
+    """A 200 JSON response promising more bytes than `partial`, of which only `partial` is sent."""
+    response = web.StreamResponse(status=200)
+    response.content_type = "application/json"
+    response.content_length = len(partial) + 1000
+    await response.prepare(request)
+    await response.write(partial)
+    return response
 
 
 def _json(payload: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

@@ -52,11 +52,13 @@ STOPWORDS = frozenset(
 )
 
 
+# Small numbers say as little as filler words; one set lookup drops both.
+_NOT_SEARCHABLE = STOPWORDS | {str(n) for n in range(10)} | {f"{n:02d}" for n in range(100)}
+
+
 def is_searchable(word: str) -> bool:
     """Whether a word is worth indexing and searching for: not filler, not a lone letter or a small number."""
-    if len(word) < 2 or word in STOPWORDS:
-        return False
-    return not (word.isdigit() and len(word) < 3)
+    return len(word) > 1 and word not in _NOT_SEARCHABLE
 
 
 def scoped_term(scope: Scope, word: str) -> str:
@@ -70,7 +72,8 @@ def index_text(scope: Scope, *texts: str) -> str:
     index space and write time (about half of chat's words) for nothing.
     """
     # One pass over all the texts: a space between them ends a word as the end of a text does.
-    found = [word for word in words(" ".join(texts)) if is_searchable(word)]
+    # is_searchable, inlined: this runs for every word of every memory a rebuild replays.
+    found = [word for word in words(" ".join(texts)) if len(word) > 1 and word not in _NOT_SEARCHABLE]
     if not found:
         return ""
     prefix = scope.token

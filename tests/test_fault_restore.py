@@ -21,9 +21,13 @@ Afterwards the state is the backup plus only what came after the restore:
   `-wal` or `-shm` file is left beside a backup, or beside the live database
   once it is checkpointed and closed.
 
-The long version (`-m soak`) restores many times in a row under continuous
-traffic, each time a random earlier backup (manual or pre-restore), in the
-spirit of Litestream's restore soak.
+The long version (`-m soak`) restores 60 times in a row under continuous
+traffic, each time a random earlier backup (nightly, manual or pre-restore),
+in the spirit of Litestream's restore soak. Two short tests pin down what the
+soak found or could hide: restoring the oldest safety copy when `[backup]
+keep` of them exist (the safety copy the restore takes first used to prune
+the very backup being restored), and a classifier answer that outlives the
+restore's settle window (it must not score the memory that reuses its id).
 """
 
 from __future__ import annotations

@@ -12,8 +12,9 @@ Each case starts from its own copy of a database file holding the log and
 empty projection tables (as after an upgrade that changed them, or a lost
 file), so the check finds the projections stale and rebuilds them:
 
-* snapshot + tail: the newest fitting snapshot's rows, then the tail's
-  events, then the secondary indexes and the FTS index over every row;
+* snapshot + tail: the newest fitting snapshot's rows and full-text index
+  (copied, not rebuilt), then the tail's events, their memories indexed
+  as they are replayed, then the secondary indexes;
 * full replay: no snapshot, every event of the log. This is also the
   rebuild rate: events replayed / wall seconds from the call to its return,
   which covers dropping and creating the tables, the replay, the indexes,
@@ -22,7 +23,8 @@ file), so the check finds the projections stale and rebuilds them:
   events/s.
 
 And with current projections, `Database.open` itself (the check finds
-nothing to do), and the check alone.
+nothing to do), and the check alone; and the snapshot itself: the time
+`write_snapshot` takes at the end of the dataset's log, and its file size.
 
     python -m bench.bench_rebuild [--quick]
 """
@@ -107,6 +109,7 @@ def measure(dataset: Dataset) -> Result:
     result.add("start-up, projections current: Database.open", min(open_seconds) * 1000, "ms")
     result.add("start-up, projections current: check alone", min(check_seconds) * 1000, "ms")
     result.add(f"write_snapshot of {snapshot.memories:,} memories", snapshot_write.seconds, "s")
+    result.add("snapshot file size", snapshot.size_bytes / 2**20, "MiB")
     result.extra = {
         "dataset": dataset.spec.stem,
         "log_events": log_end,

@@ -14,7 +14,7 @@ a rebuild also applies it in memory to rows it has not inserted yet
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -148,11 +148,16 @@ def update_statement(memory_id: int, changes: list[Change]) -> Statement:
     return _update_sql(shape), (*(value for _, _, value in changes), memory_id)
 
 
+def index_entry(row: Sequence[Any]) -> tuple[Any, ...]:
+    """The INDEX_MEMORY parameters that put a memories row in the full-text index."""
+    return (row[0], row[SEARCH_TEXT])
+
+
 def fold(seq: int, kind: str, data: dict[str, Any], *, index_text: bool = True) -> list[Statement]:
     """The SQL that applies the event `kind` with payload `data`, recorded at `seq`, to the projections.
 
-    `index_text=False` leaves the full-text index alone; a rebuild refills
-    it in one pass at the end, which is much faster than row by row.
+    `index_text=False` leaves the full-text index alone; a full rebuild
+    refills it in one pass at the end, which is much faster than row by row.
     """
     if kind not in EVENT_TYPES:
         raise TypeError(f"no projection for {kind}")
@@ -162,7 +167,7 @@ def fold(seq: int, kind: str, data: dict[str, Any], *, index_text: bool = True) 
             return []
         statements: list[Statement] = [(INSERT_MEMORY, tuple(row))]
         if index_text:
-            statements.append((INDEX_MEMORY, (seq, row[SEARCH_TEXT])))
+            statements.append((INDEX_MEMORY, index_entry(row)))
         return statements
     memory_id = data["memory_id"]
     if kind == MEMORY_FORGOTTEN:

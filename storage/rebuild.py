@@ -8,6 +8,10 @@ A rebuild starts from the newest snapshot that fits the log (see
 `storage.snapshots.unusable_reason`) and replays only the events after it;
 with no usable snapshot, or when asked for a full replay, it replays the
 whole log. Both give the same projections.
+
+A snapshot carries the full-text index too: loading it copies the index,
+and the tail's memories are indexed as they are replayed, the way the live
+path indexes them. Only a full replay builds the index from scratch.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 from storage import sqlite
 from storage.events import read_payload
 from storage.projections import (
+    INDEX_MEMORY,
     INSERT_MEMORY,
     MEMORY_FORGOTTEN,
     MEMORY_WRITTEN,
@@ -32,6 +37,7 @@ from storage.projections import (
     apply_changes,
     batched,
     fold,
+    index_entry,
     new_memory,
     row_changes,
 )
@@ -93,7 +99,9 @@ def rebuild_with_snapshots(conn: sqlite.sqlite3.Connection, snapshots_dir: Path 
 def rebuild_on(conn: sqlite.sqlite3.Connection, *, snapshot: SnapshotInfo | None = None) -> RebuildReport:
     """Replay the log into fresh projections on an open connection, in one transaction.
 
-    With `snapshot`, start from its rows and replay only the events after it.
+    With `snapshot`, start from its rows and full-text index and replay only
+    the events after it, indexing their memories one by one; without, index
+    every row in one pass at the end.
     """
     started = time.perf_counter()
     if snapshot is not None:
@@ -113,10 +121,13 @@ def rebuild_on(conn: sqlite.sqlite3.Connection, *, snapshot: SnapshotInfo | None
                 if statement not in deferred:
                     conn.execute(statement)
             after_seq = load_into(conn, SNAPSHOT_ALIAS, snapshot) if snapshot is not None else 0
-            count, last = replay(conn, after_seq=after_seq)
+            # The snapshot's index is already in place: keep it up to date event by event.
+            index_text = snapshot is not None
+            count, last = replay(conn, after_seq=after_seq, index_text=index_text)
             for statement in deferred:
                 conn.execute(statement)
-            fill_fts(conn)
+            if not index_text:
+                fill_fts(conn)
             conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite.OperationalError):  # SQLite may have rolled back already
@@ -145,11 +156,15 @@ def rebuild_on(conn: sqlite.sqlite3.Connection, *, snapshot: SnapshotInfo | None
     return report
 
 
-def replay(conn: sqlite.sqlite3.Connection, *, after_seq: int, hold_events: int | None = None) -> tuple[int, int]:
-    """Apply every event after `after_seq` to the projections, without touching the FTS index.
+def replay(
+    conn: sqlite.sqlite3.Connection, *, after_seq: int, hold_events: int | None = None, index_text: bool = False
+) -> tuple[int, int]:
+    """Apply every event after `after_seq` to the projections.
 
     Returns (events applied, last sequence number). The caller owns the
-    transaction and refills the FTS index afterwards.
+    transaction. With `index_text` the FTS index is kept up to date as rows
+    are inserted and forgotten (on top of a snapshot's index); without, it
+    is left alone and the caller refills it afterwards.
 
     A new memory's row is held back in memory until `hold_events` (default
     HOLD_EVENTS) later events have been read, and what those events do to it
@@ -179,7 +194,7 @@ def replay(conn: sqlite.sqlite3.Connection, *, after_seq: int, hold_events: int 
             memory_id = data["memory_id"]
             row = held.get(memory_id)
             if row is None:
-                statements.extend(fold(seq, kind, data, index_text=False))
+                statements.extend(fold(seq, kind, data, index_text=index_text))
             elif kind == MEMORY_FORGOTTEN:
                 del held[memory_id]
             else:
@@ -195,10 +210,21 @@ def replay(conn: sqlite.sqlite3.Connection, *, after_seq: int, hold_events: int 
             row = held.pop(held_order.popleft(), None)  # None: forgotten while held
             if row is not None:
                 ready.append(row)
-        conn.executemany(INSERT_MEMORY, ready)
-    conn.executemany(INSERT_MEMORY, list(held.values()))
+        insert_rows(conn, ready, index_text=index_text)
+    insert_rows(conn, list(held.values()), index_text=index_text)
     conn.execute(*advance_to(last))
     return count, last
+
+
+def insert_rows(conn: sqlite.sqlite3.Connection, rows: list[list[Any]], *, index_text: bool) -> None:
+    """Insert finished memories rows, and index them when asked to.
+
+    A row's search text never changes after it is written, so indexing the
+    row in its final state is what indexing it when it was written would be.
+    """
+    conn.executemany(INSERT_MEMORY, rows)
+    if index_text:
+        conn.executemany(INDEX_MEMORY, [index_entry(row) for row in rows])
 
 
 def fill_fts(conn: sqlite.sqlite3.Connection) -> None:

@@ -55,6 +55,9 @@ INSERT INTO projection_state (name, last_seq) VALUES ('memories', 0);
 """
 
 PROJECTION_TABLES = ("memories_fts", "memories", "projection_state")
+# FTS5 keeps the index itself in these ordinary tables (there is no `_content`: the content is
+# `memories`). A snapshot carries copies of them, so loading one need not re-index every memory.
+FTS_SHADOW_TABLES = ("memories_fts_data", "memories_fts_idx", "memories_fts_docsize", "memories_fts_config")
 
 _V1_LOG = """
 CREATE TABLE events (
@@ -139,3 +142,8 @@ def split_script(script: str) -> list[str]:
     if buffer.strip():
         statements.append(buffer.strip())
     return statements
+
+
+def fts_ddl() -> list[str]:
+    """The statements of PROJECTION_DDL that create and configure the full-text index."""
+    return [statement for statement in split_script(PROJECTION_DDL) if "memories_fts" in statement]

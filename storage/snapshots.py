@@ -1,11 +1,14 @@
-"""Snapshots of the projections: the `memories` rows as they were at event N.
+"""Snapshots of the projections: the `memories` rows and their full-text index as they were at event N.
 
-Synchronous code for a worker thread or the CLI. A snapshot is a small
-SQLite file in `data_dir/snapshots/`, `snapshot-20261129T030000Z-periodic.db`,
-holding three tables:
+Synchronous code for a worker thread or the CLI. A snapshot is one SQLite
+file in `data_dir/snapshots/`, `snapshot-20261129T030000Z-periodic.db`,
+holding:
 
-- `memories`: the projection rows at sequence N (no full-text index; a
-  rebuild refills that in one pass);
+- `memories`: the projection rows at sequence N;
+- `memories_fts`: an FTS5 table of the live one's definition over the
+  snapshot's own `memories`, its shadow tables copies of the live index's
+  at N (read in the same transaction as the rows), so loading a snapshot
+  copies the index instead of re-indexing every memory;
 - `snapshot`: one row with N, the kind, when it was taken, which event sits
   at N (its kind and recorded_at, so a snapshot of another timeline, say
   from before a restore, is never mistaken for this one) and a digest of the
@@ -13,8 +16,9 @@ holding three tables:
 - `scrubbed`: ids of memories removed from it because they were forgotten.
 
 Snapshots honour forgets: `scrub_memory` deletes a forgotten memory from
-every snapshot file and VACUUMs it (the connection has secure_delete on),
-so no byte of its text stays in any of them. A snapshot is written to a
+every snapshot file, its index entry with FTS5's `secure-delete` as the live
+path does, and VACUUMs it (the connection has secure_delete on), so no byte
+of its text or its index terms stays in any of them. A snapshot is written to a
 temporary name and checked against forgets that committed meanwhile before
 it is renamed into place; that check and every scrub hold one lock, so a
 forget can never slip between them.
@@ -35,7 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from storage import sqlite
-from storage.schema import PROJECTION_DDL
+from storage.schema import FTS_SHADOW_TABLES, PROJECTION_DDL, fts_ddl
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +80,7 @@ class SnapshotInfo:
     event_recorded_at: float | None = None
     projection_digest: str | None = None
     scrubbed: tuple[int, ...] = ()
+    indexed: bool = False  # holds the full-text index (snapshots of older versions do not)
 
     @property
     def readable(self) -> bool:
@@ -141,9 +146,10 @@ def _copy_projections(db_path: Path, target: Path, kind: str, taken_at: datetime
             seq = int(row[0])
             event = conn.execute("SELECT kind, recorded_at FROM live.events WHERE seq = ?", (seq,)).fetchone()
             conn.execute("CREATE TABLE main.memories AS SELECT * FROM live.memories")
+            _copy_index(conn)
             for statement in SNAPSHOT_DDL:
                 conn.execute(statement)
-            (count,) = conn.execute("SELECT count(*) FROM main.memories").fetchone()
+            count = _check_index_covers_rows(conn)
             conn.execute(
                 "INSERT INTO main.snapshot VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -164,6 +170,31 @@ def _copy_projections(db_path: Path, target: Path, kind: str, taken_at: datetime
     finally:
         conn.close()
     return seq
+
+
+def _copy_index(conn: sqlite.sqlite3.Connection) -> None:
+    """Give the snapshot the live full-text index, as the current read transaction sees it.
+
+    A real FTS5 table of the same definition (so a scrub can delete from it
+    as the live path does), whose shadow tables, ordinary tables, then get
+    the live ones' rows. The FTS5 table on this connection still caches the
+    empty index it was created with, so nothing here may use it afterwards:
+    the connection is closed at the end of the copy.
+    """
+    for statement in fts_ddl():
+        conn.execute(statement)
+    for table in FTS_SHADOW_TABLES:
+        conn.execute(f"DELETE FROM main.{table}")
+        conn.execute(f"INSERT INTO main.{table} SELECT * FROM live.{table}")
+
+
+def _check_index_covers_rows(conn: sqlite.sqlite3.Connection) -> int:
+    """The number of memories copied, once it is clear the index holds one document for each."""
+    (count,) = conn.execute("SELECT count(*) FROM main.memories").fetchone()
+    (indexed,) = conn.execute("SELECT count(*) FROM main.memories_fts_docsize").fetchone()
+    if indexed != count:
+        raise SnapshotError(f"snapshot failed: the full-text index holds {indexed} memories, the table {count}")
+    return int(count)
 
 
 # reading
@@ -195,6 +226,7 @@ def read_snapshot_info(path: Path) -> SnapshotInfo:
                 "SELECT seq, event_kind, event_recorded_at, projection_digest, memories FROM snap.snapshot"
             ).fetchone()
             scrubbed = tuple(r[0] for r in conn.execute("SELECT memory_id FROM snap.scrubbed ORDER BY 1"))
+            indexed = _has_index(conn, "snap")
     except (sqlite.Error, OSError) as exc:
         log.warning("snapshot %s cannot be read: %s", path.name, exc)
         row = None
@@ -212,7 +244,28 @@ def read_snapshot_info(path: Path) -> SnapshotInfo:
         event_recorded_at=row[2],
         projection_digest=row[3],
         scrubbed=scrubbed,
+        indexed=indexed,
     )
+
+
+def _has_index(conn: sqlite.sqlite3.Connection, alias: str) -> bool:
+    """Whether the snapshot attached as `alias` holds the full-text index and all of its shadow tables."""
+    names = ("memories_fts", *FTS_SHADOW_TABLES)
+    (found,) = conn.execute(
+        f"SELECT count(*) FROM {alias}.sqlite_master WHERE name IN (SELECT value FROM json_each(?))",
+        (json.dumps(names),),
+    ).fetchone()
+    return found == len(names)
+
+
+def _has_any_index_table(conn: sqlite.sqlite3.Connection, alias: str) -> bool:
+    """Whether the snapshot attached as `alias` holds any part of a full-text index.
+
+    A scrub must then delete from the index, or fail (and the file is deleted)
+    if the index is incomplete: skipping it could leave a forgotten memory's terms.
+    """
+    (found,) = conn.execute(f"SELECT count(*) FROM {alias}.sqlite_master WHERE name GLOB 'memories_fts*'").fetchone()
+    return found > 0
 
 
 def list_snapshots(snapshots_dir: Path) -> list[SnapshotInfo]:
@@ -233,6 +286,8 @@ def unusable_reason(conn: sqlite.sqlite3.Connection, info: SnapshotInfo) -> str 
         return "unreadable"
     if info.projection_digest != PROJECTION_DIGEST:
         return "taken under other projection tables"
+    if not info.indexed:
+        return "taken by an older version of the bot, without the full-text index"
     (log_end,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
     if info.seq > log_end:
         return f"at event #{info.seq}, past the end of the log (#{log_end})"
@@ -274,9 +329,10 @@ def has_current_snapshot(db_path: Path, snapshots_dir: Path) -> bool:
 
 
 def load_into(conn: sqlite.sqlite3.Connection, alias: str, info: SnapshotInfo) -> int:
-    """Copy the rows of the snapshot ATTACHed as `alias` into the (fresh, empty) projections; returns N.
+    """Copy the rows and the full-text index of the snapshot ATTACHed as `alias` into the
+    (fresh, empty) projections; returns N.
 
-    Runs inside the caller's transaction, which owns the FTS refill.
+    Runs inside the caller's transaction, which replays the tail on top.
     """
     problems = [row[0] for row in conn.execute(f"PRAGMA {alias}.quick_check")]
     if problems != ["ok"]:
@@ -285,10 +341,25 @@ def load_into(conn: sqlite.sqlite3.Connection, alias: str, info: SnapshotInfo) -
     snap_columns = [row[1] for row in conn.execute(f"PRAGMA {alias}.table_info(memories)")]
     if live_columns != snap_columns:
         raise SnapshotError(f"snapshot {info.name} has other columns than the projections")
+    if not _has_index(conn, alias):
+        raise SnapshotError(f"snapshot {info.name} holds no full-text index")
     columns = ", ".join(live_columns)
     conn.execute(f"INSERT INTO main.memories ({columns}) SELECT {columns} FROM {alias}.memories")
+    _load_index(conn, alias)
     conn.execute("UPDATE projection_state SET last_seq = ? WHERE name = 'memories'", (info.seq,))
     return int(info.seq or 0)
+
+
+def _load_index(conn: sqlite.sqlite3.Connection, alias: str) -> None:
+    """Replace the fresh FTS table's (empty) index with the snapshot's."""
+    for table in FTS_SHADOW_TABLES:
+        conn.execute(f"DELETE FROM main.{table}")
+        conn.execute(f"INSERT INTO main.{table} SELECT * FROM {alias}.{table}")
+    # FTS5 caches the index's structure and settings per connection, and re-reads them only
+    # after another connection commits: it would go on writing as if the index were still
+    # empty, over the copied segments. Reloading the schema disconnects the table; its next
+    # use connects afresh and reads the copied index.
+    conn.execute("PRAGMA writable_schema = RESET")
 
 
 # pruning
@@ -406,6 +477,8 @@ def _scrub_file(path: Path, memory_ids: list[int]) -> None:
         conn.execute("BEGIN IMMEDIATE")
         try:
             ids = json.dumps(memory_ids)
+            if _has_any_index_table(conn, "snap"):  # older snapshots have none
+                _unindex(conn, ids)
             conn.execute("DELETE FROM snap.memories WHERE id IN (SELECT value FROM json_each(?))", (ids,))
             conn.execute("INSERT OR IGNORE INTO snap.scrubbed (memory_id) SELECT value FROM json_each(?)", (ids,))
             conn.execute("UPDATE snap.snapshot SET memories = (SELECT count(*) FROM snap.memories)")
@@ -416,6 +489,21 @@ def _scrub_file(path: Path, memory_ids: list[int]) -> None:
         # secure_delete zeroed the rows; VACUUM also drops the freed pages.
         conn.execute("VACUUM snap")
     _fsync(path)
+
+
+def _unindex(conn: sqlite.sqlite3.Connection, ids: str) -> None:
+    """Delete the memories `ids` (a JSON list) from the snapshot's full-text index, terms and all.
+
+    FTS5's 'delete' takes the values that were indexed, read from the row
+    before it goes. `secure-delete` is on in the copied settings; set it
+    again anyway, since without it the terms would stay in the index pages.
+    """
+    conn.execute("INSERT INTO snap.memories_fts (memories_fts, rank) VALUES ('secure-delete', 1)")
+    conn.execute(
+        "INSERT INTO snap.memories_fts (memories_fts, rowid, search_text)"
+        " SELECT 'delete', id, search_text FROM snap.memories WHERE id IN (SELECT value FROM json_each(?))",
+        (ids,),
+    )
 
 
 # file helpers

@@ -17,11 +17,39 @@ MEMORY_COLUMNS = (
 def projection_state(conn: sqlite.sqlite3.Connection) -> dict:
     """Everything the projections hold, in a comparable form."""
     memories = conn.execute(f"SELECT {MEMORY_COLUMNS} FROM memories ORDER BY id").fetchall()
-    # The documents the full-text index holds, and a check that it agrees with its content.
+    # The documents the full-text index holds, what it answers, and a check that it agrees with its content.
     indexed = conn.execute("SELECT id FROM memories_fts_docsize ORDER BY id").fetchall()
     (last_seq,) = conn.execute("SELECT last_seq FROM projection_state WHERE name = 'memories'").fetchone()
-    conn.execute("INSERT INTO memories_fts (memories_fts, rank) VALUES ('integrity-check', 1)")
-    return {"memories": memories, "indexed": indexed, "last_seq": last_seq}
+    fts_integrity_check(conn)
+    return {"memories": memories, "indexed": indexed, "last_seq": last_seq, "answers": index_answers(conn)}
+
+
+def fts_integrity_check(conn: sqlite.sqlite3.Connection, schema: str = "main") -> None:
+    """Raises unless the full-text index agrees with the rows it indexes."""
+    conn.execute(f"INSERT INTO {schema}.memories_fts (memories_fts, rank) VALUES ('integrity-check', 1)")
+
+
+def index_answers(conn: sqlite.sqlite3.Connection, schema: str = "main") -> dict[str, list[int]]:
+    """What the full-text index answers for every scoped term of every memory: term -> ids, ascending.
+
+    Two indexes built differently (segments, merges) answer the same when
+    they index the same words; each memory is found by each of its terms.
+    """
+    rows = conn.execute(f"SELECT id, search_text FROM {schema}.memories").fetchall()
+    terms = {term for _, text in rows for term in text.split()}
+    answers = {
+        term: [
+            row[0]
+            for row in conn.execute(
+                f"SELECT rowid FROM {schema}.memories_fts WHERE memories_fts MATCH ? ORDER BY rowid", (f'"{term}"',)
+            )
+        ]
+        for term in sorted(terms)
+    }
+    for memory_id, text in rows:
+        for term in text.split():
+            assert memory_id in answers[term], f"memory #{memory_id} is not found by its term {term}"
+    return answers
 
 
 def live_and_rebuilt(path: Path, tmp_dir: Path) -> tuple[dict, dict]:

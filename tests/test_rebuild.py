@@ -1,4 +1,5 @@
-"""The rebuild equals folding the log event by event, however it batches and holds rows back."""
+"""The rebuild equals folding the log event by event, however it batches and holds rows back,
+from the whole log or from a snapshot plus the tail."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from storage import rebuild, sqlite
+from storage import rebuild, snapshots, sqlite
 from storage.events import (
     MemoryForgotten,
     MemoryPinChanged,
@@ -79,9 +80,9 @@ def random_log(path: Path, seed: int, size: int = 400) -> None:
     conn.close()
 
 
-def fold_one_by_one(path: Path) -> None:
-    """The reference: fresh projections, then each event's statements in log order, FTS included,
-    as the live path applies them."""
+def fold_one_by_one(path: Path, until: int | None = None) -> None:
+    """The reference: fresh projections, then each event's statements in log order (up to `until`),
+    FTS included, as the live path applies them."""
     conn = sqlite.connect(path)
     conn.execute("BEGIN")
     for table in PROJECTION_TABLES:
@@ -89,7 +90,10 @@ def fold_one_by_one(path: Path) -> None:
     for statement in split_script(PROJECTION_DDL):
         conn.execute(statement)
     last = 0
-    for seq, kind, version, payload in conn.execute("SELECT seq, kind, version, payload FROM events ORDER BY seq"):
+    events = conn.execute(
+        "SELECT seq, kind, version, payload FROM events WHERE seq <= ? ORDER BY seq", (until or 2**62,)
+    ).fetchall()
+    for seq, kind, version, payload in events:
         for sql, params in fold(seq, kind, read_payload(kind, version, payload)):
             conn.execute(sql, params)
         last = seq
@@ -127,6 +131,38 @@ def test_rebuild_equals_the_event_by_event_fold(tmp_path, monkeypatch, seed):
         finally:
             conn.close()
         assert report.last_seq == expected["last_seq"]
+        assert state_of(copy) == expected, f"hold {hold}, fetch {fetch}"
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_snapshot_plus_tail_equals_the_event_by_event_fold(tmp_path, monkeypatch, seed):
+    """The tail is indexed incrementally on top of the snapshot's copied index, whether its rows
+    are inserted (and forgotten) early or held to the end."""
+    log = tmp_path / "log.db"
+    random_log(log, seed)
+    reference = tmp_path / "reference.db"
+    shutil.copyfile(log, reference)
+    fold_one_by_one(reference)
+    expected = state_of(reference)
+
+    # A snapshot of the projections at a point in the middle of the same log.
+    at_middle = tmp_path / "middle.db"
+    shutil.copyfile(log, at_middle)
+    fold_one_by_one(at_middle, until=expected["last_seq"] // 2)
+    snapshot = snapshots.write_snapshot(at_middle, tmp_path / "snapshots", kind="manual")
+    assert snapshot.indexed and snapshot.seq == expected["last_seq"] // 2
+
+    for hold, fetch in [(0, 1000), (1, 7), (25, 10), (10_000, 64)]:
+        monkeypatch.setattr(rebuild, "HOLD_EVENTS", hold)
+        monkeypatch.setattr(rebuild, "FETCH_ROWS", fetch)
+        copy = tmp_path / f"from-snapshot-{hold}-{fetch}.db"
+        shutil.copyfile(log, copy)
+        conn = sqlite.connect(copy)
+        try:
+            report = rebuild.rebuild_on(conn, snapshot=snapshot)
+        finally:
+            conn.close()
+        assert report.events == expected["last_seq"] - snapshot.seq
         assert state_of(copy) == expected, f"hold {hold}, fetch {fetch}"
 
 

@@ -1,4 +1,5 @@
-"""Snapshots: snapshot plus tail equals a full replay, they honour forgets, and unfit ones are never used."""
+"""Snapshots: snapshot plus tail equals a full replay (full-text index included), they honour forgets
+(index terms included), and unfit ones are never used."""
 
 import asyncio
 import logging
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from storage import backups, snapshots, sqlite
+from storage import backups, rebuild, snapshots, sqlite, tokens
 from storage.commands import (
     TurnRecord,
     forget_memory,
@@ -20,7 +21,7 @@ from storage.commands import (
 from storage.database import Database
 from storage.rebuild import rebuild_projections, rebuild_with_snapshots, stale_projections
 from storage.scope import Scope
-from tests.projection_check import projection_state
+from tests.projection_check import fts_integrity_check, index_answers, projection_state
 
 SCOPE_A = Scope.for_guild(1000, 10)
 SCOPE_B = Scope.for_guild(1000, 20)
@@ -67,14 +68,54 @@ def snapshot_files(directory: Path) -> list[Path]:
     return sorted(directory.iterdir())
 
 
-async def test_snapshot_plus_tail_equals_full_replay(db, tmp_path):
+def snapshot_index(path: Path) -> dict:
+    """What a snapshot file's own full-text index holds and answers, once checked against its rows."""
+    conn = sqlite.connect(":memory:")
+    try:
+        conn.execute("ATTACH DATABASE ? AS snap", (str(path),))
+        fts_integrity_check(conn, "snap")
+        indexed = [row[0] for row in conn.execute("SELECT id FROM snap.memories_fts_docsize ORDER BY id")]
+        return {"indexed": indexed, "answers": index_answers(conn, "snap")}
+    finally:
+        conn.close()
+
+
+async def forget_by_id(db: Database, memory_ids: list[int]) -> None:
+    """Forget memories as their author would, in whatever scope they are."""
+    for memory_id in memory_ids:
+        async with db.reader.execute(
+            "SELECT bot_id, scope_kind, scope_id FROM memories WHERE id = ?", (memory_id,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        await forget_memory(db, Scope(*row), memory_id, actor_id=7)
+
+
+async def set_fts_hashsize(db: Database, size: int) -> None:
+    async with db.transaction() as tx:
+        await tx.execute("INSERT INTO memories_fts (memories_fts, rank) VALUES ('hashsize', ?)", (size,))
+
+
+@pytest.mark.parametrize("hashsize", [None, 1])
+async def test_snapshot_plus_tail_equals_full_replay(db, tmp_path, monkeypatch, hashsize):
+    """With hashsize 1, FTS5 writes a segment for every memory indexed, live and in the tail's
+    replay (the setting travels in the snapshot), so the tail's segments are merged with the
+    copied ones."""
     snapshots_dir = tmp_path / "snapshots"
-    await mixed_history(db, 0, 40)
+    if hashsize is not None:
+        await set_fts_hashsize(db, hashsize)
+    early = await mixed_history(db, 0, 40)
     info = await asyncio.to_thread(snapshots.write_snapshot, db.path, snapshots_dir, kind="periodic", now=T0)
     await mixed_history(db, 40, 40)
+    # The tail also forgets memories the snapshot holds: they leave the copied index.
+    await forget_by_id(db, early[::7])
     live = state_of(db.path)
 
-    from_snapshot = rebuild_projections(db.path, snapshots_dir)
+    def no_full_index(conn):
+        raise AssertionError("a snapshot's index is copied, not rebuilt")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(rebuild, "fill_fts", no_full_index)
+        from_snapshot = rebuild_projections(db.path, snapshots_dir)
     assert from_snapshot.snapshot == info.name
     assert from_snapshot.events < from_snapshot.last_seq  # only the tail was replayed
     assert state_of(db.path) == live
@@ -82,6 +123,18 @@ async def test_snapshot_plus_tail_equals_full_replay(db, tmp_path):
     full = rebuild_projections(db.path, snapshots_dir, full=True)
     assert full.snapshot is None and full.events == full.last_seq
     assert state_of(db.path) == live
+
+
+async def test_a_snapshot_holds_the_index_as_it_was_at_its_event(db, tmp_path):
+    snapshots_dir = tmp_path / "snapshots"
+    await mixed_history(db, 0, 30)
+    at_snapshot = state_of(db.path)
+    info = snapshots.write_snapshot(db.path, snapshots_dir, kind="periodic", now=T0)
+    await mixed_history(db, 30, 10)  # later writes are not in it
+    assert info.indexed and info.seq == at_snapshot["last_seq"]
+    held = snapshot_index(info.path)
+    assert held["indexed"] == [row[0] for row in at_snapshot["indexed"]]
+    assert held["answers"] == at_snapshot["answers"]
 
 
 async def test_forgetting_leaves_no_byte_of_the_text_in_any_snapshot(db, tmp_path):
@@ -101,6 +154,7 @@ async def test_forgetting_leaves_no_byte_of_the_text_in_any_snapshot(db, tmp_pat
     for path in snapshot_files(snapshots_dir):
         assert not path.name.endswith(("-journal", "-wal", "-shm"))
         assert secret.encode() not in path.read_bytes(), path.name
+        assert secret_id not in snapshot_index(path)["indexed"]
     for info in snapshots.list_snapshots(snapshots_dir):
         assert info.scrubbed == (secret_id,)
     # The scrubbed snapshots still fit the log, and still rebuild to the same state.
@@ -129,6 +183,101 @@ async def test_a_forget_racing_a_snapshot_is_scrubbed_before_the_file_is_publish
     info = await asyncio.to_thread(snapshots.write_snapshot, db.path, snapshots_dir, kind="periodic")
     assert secret.encode() not in info.path.read_bytes()
     assert info.memories == 0 and info.scrubbed == (secret_id,)
+    assert snapshot_index(info.path) == {"indexed": [], "answers": {}}
+
+
+async def test_a_scrub_removes_the_forgotten_memorys_index_terms_from_snapshots(db, tmp_path):
+    snapshots_dir = tmp_path / "snapshots"
+    # No other word indexed in this scope starts with q, x or z. FTS5 stores a term as what
+    # differs from the term before it, so these are stored whole, after the scope's tag.
+    words = ["zymurgical", "quodlibetic", "xylophagous"]
+    terms = [tokens.scoped_term(SCOPE_A, word) for word in words]
+    keep_id = await remember(db, SCOPE_A, "an ordinary memory")
+    secret_id = await remember(db, SCOPE_A, " ".join(words))
+    info = snapshots.write_snapshot(db.path, snapshots_dir, kind="periodic")
+    # Before: the snapshot's index holds the terms, in its own pages and not only in the row.
+    assert all(term in index_terms(info.path) for term in terms)
+    assert all(word.encode() in index_pages(info.path) for word in words)
+    assert snapshot_index(info.path)["answers"][terms[0]] == [secret_id]
+
+    await forget_memory(db, SCOPE_A, secret_id, actor_id=7)
+    assert snapshots.scrub_memory(snapshots_dir, secret_id) == 1
+
+    data = info.path.read_bytes()
+    for word, term in zip(words, terms, strict=True):
+        assert term.encode() not in data, term
+        assert word.encode() not in data, word
+        assert word.encode() not in index_pages(info.path), word
+    assert not set(terms) & index_terms(info.path)
+    held = snapshot_index(info.path)  # the index still agrees with the rows, and still answers
+    assert held["indexed"] == [keep_id]
+    assert held["answers"][tokens.scoped_term(SCOPE_A, "ordinary")] == [keep_id]
+
+
+def index_terms(path: Path) -> set[str]:
+    """Every term a snapshot's full-text index lists (FTS5's own view of its pages)."""
+    conn = sqlite.connect(":memory:")
+    try:
+        conn.execute("ATTACH DATABASE ? AS snap", (str(path),))
+        conn.execute("CREATE VIRTUAL TABLE temp.terms USING fts5vocab(snap, memories_fts, row)")
+        return {row[0] for row in conn.execute("SELECT term FROM temp.terms")}
+    finally:
+        conn.close()
+
+
+def index_pages(path: Path) -> bytes:
+    """The raw content of a snapshot's full-text index: its data pages and its term index."""
+    conn = sqlite.connect(":memory:")
+    try:
+        conn.execute("ATTACH DATABASE ? AS snap", (str(path),))
+        blocks = [row[0] for row in conn.execute("SELECT block FROM snap.memories_fts_data")]
+        blocks += [row[0] for row in conn.execute("SELECT term FROM snap.memories_fts_idx")]
+        return b"".join(bytes(block) for block in blocks if block)
+    finally:
+        conn.close()
+
+
+async def test_snapshots_without_an_index_are_not_used_but_are_still_scrubbed(db, tmp_path):
+    """Snapshots written before they carried the full-text index hold only the rows."""
+    snapshots_dir = tmp_path / "snapshots"
+    secret_id = await remember(db, SCOPE_A, "an old snapshot remembers gooseberry")
+    await mixed_history(db, 0, 10)
+    old = snapshots.write_snapshot(db.path, snapshots_dir, kind="periodic", now=T0)
+    strip = sqlite.connect(":memory:")
+    strip.execute("ATTACH DATABASE ? AS snap", (str(old.path),))
+    strip.execute("DROP TABLE snap.memories_fts")
+    strip.execute("VACUUM snap")
+    strip.close()
+    await mixed_history(db, 10, 5)
+
+    [info] = snapshots.list_snapshots(snapshots_dir)
+    assert info.readable and not info.indexed
+    conn = sqlite.connect(db.path)
+    try:
+        assert "without the full-text index" in snapshots.unusable_reason(conn, info)
+    finally:
+        conn.close()
+    live = state_of(db.path)
+    report = rebuild_projections(db.path, snapshots_dir)
+    assert report.snapshot is None
+    assert state_of(db.path) == live
+
+    await forget_memory(db, SCOPE_A, secret_id, actor_id=7)
+    assert snapshots.scrub_memory(snapshots_dir, secret_id) == 1
+    assert b"gooseberry" not in old.path.read_bytes()
+
+
+async def test_a_snapshot_whose_index_cannot_be_scrubbed_is_deleted(db, tmp_path):
+    snapshots_dir = tmp_path / "snapshots"
+    secret_id = await remember(db, SCOPE_A, "the broken index still knows kohlrabi")
+    info = snapshots.write_snapshot(db.path, snapshots_dir, kind="periodic")
+    damage = sqlite.connect(":memory:")
+    damage.execute("ATTACH DATABASE ? AS snap", (str(info.path),))
+    damage.execute("DROP TABLE snap.memories_fts_docsize")  # the rest of the index still holds the words
+    damage.close()
+    await forget_memory(db, SCOPE_A, secret_id, actor_id=7)
+    assert snapshots.scrub_memory(snapshots_dir, secret_id) == 1
+    assert not info.path.exists()
 
 
 async def test_start_up_sweep_scrubs_memories_forgotten_before_a_crash(db, tmp_path):

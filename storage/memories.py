@@ -6,12 +6,16 @@ write and never holds one up.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import aiosqlite
 
 from storage import tokens
+from storage.connection_thread import run_on_connection
 from storage.scope import Scope
+from storage.sqlite import sqlite3
 
 MAX_SCORING_FAILURES = 3
 
@@ -83,34 +87,56 @@ def _scope_params(scope: Scope) -> tuple[int, str, int]:
     return (scope.bot_id, scope.kind, scope.id)
 
 
+async def _rows(conn: aiosqlite.Connection, sql: str, params: Sequence[Any]) -> list[tuple]:
+    """Every row of a query, in one hop to the connection's thread.
+
+    aiosqlite's execute, fetch and cursor close are a hop each; on the reply
+    path, with the loop and three database threads taking turns at the GIL,
+    each hop costs more than the query itself.
+    """
+
+    def query(db: sqlite3.Connection) -> list[tuple]:
+        cursor = db.execute(sql, params)
+        try:
+            return cursor.fetchall()
+        finally:
+            cursor.close()
+
+    return await run_on_connection(conn, query)
+
+
+async def _first_row(conn: aiosqlite.Connection, sql: str, params: Sequence[Any]) -> tuple | None:
+    rows = await _rows(conn, sql, params)
+    return rows[0] if rows else None
+
+
 async def get_memory(conn: aiosqlite.Connection, scope: Scope, memory_id: int) -> Memory | None:
     """The memory with this id in this scope, or None (unknown, forgotten or elsewhere)."""
-    async with conn.execute(
+    row = await _first_row(
+        conn,
         f"SELECT {_COLUMNS} FROM memories WHERE id = ? AND {_SCOPE_FILTER}",
         (memory_id, *_scope_params(scope)),
-    ) as cursor:
-        row = await cursor.fetchone()
+    )
     return _memory(row) if row else None
 
 
 async def pinned_memories(conn: aiosqlite.Connection, scope: Scope) -> list[Memory]:
     """Every pinned memory of the scope, oldest first."""
-    async with conn.execute(
-        f"SELECT {_COLUMNS} FROM memories WHERE {_SCOPE_FILTER} AND pinned = 1 ORDER BY id",
-        _scope_params(scope),
-    ) as cursor:
-        return [_memory(row) for row in await cursor.fetchall()]
+    rows = await _rows(
+        conn, f"SELECT {_COLUMNS} FROM memories WHERE {_SCOPE_FILTER} AND pinned = 1 ORDER BY id", _scope_params(scope)
+    )
+    return [_memory(row) for row in rows]
 
 
 async def recent_memories(conn: aiosqlite.Connection, scope: Scope, channel_id: int, limit: int) -> list[Memory]:
     """The channel's last `limit` remembered turns, oldest first."""
     if limit <= 0:
         return []
-    async with conn.execute(
+    rows = await _rows(
+        conn,
         f"SELECT {_COLUMNS} FROM memories WHERE {_SCOPE_FILTER} AND channel_id = ? ORDER BY id DESC LIMIT ?",
         (*_scope_params(scope), channel_id, limit),
-    ) as cursor:
-        rows = await cursor.fetchall()
+    )
     return [_memory(row) for row in reversed(rows)]
 
 
@@ -136,16 +162,14 @@ async def list_memories(
         params.append(before_id)
     sql += " ORDER BY id DESC LIMIT ?"
     params.append(limit)
-    async with conn.execute(sql, params) as cursor:
-        return [_memory(row) for row in await cursor.fetchall()]
+    return [_memory(row) for row in await _rows(conn, sql, params)]
 
 
 async def count_memories(conn: aiosqlite.Connection, scope: Scope, *, pinned_only: bool = False) -> int:
     sql = f"SELECT count(*) FROM memories WHERE {_SCOPE_FILTER}"
     if pinned_only:
         sql += " AND pinned = 1"
-    async with conn.execute(sql, _scope_params(scope)) as cursor:
-        row = await cursor.fetchone()
+    row = await _first_row(conn, sql, _scope_params(scope))
     return int(row[0]) if row else 0
 
 
@@ -199,15 +223,13 @@ async def search_memories(
         " ORDER BY hits.score LIMIT ?"
     )
     params = (fts_query(scope, terms), max(window, limit), *_scope_params(scope), limit)
-    async with conn.execute(sql, params) as cursor:
-        rows = await cursor.fetchall()
+    rows = await _rows(conn, sql, params)
     return [RecalledMemory(_memory(row[:-1]), -row[-1]) for row in rows]
 
 
 async def memory_scope(conn: aiosqlite.Connection, memory_id: int) -> Scope | None:
     """The scope a memory belongs to (no text), for background work that starts from an id."""
-    async with conn.execute("SELECT bot_id, scope_kind, scope_id FROM memories WHERE id = ?", (memory_id,)) as cursor:
-        row = await cursor.fetchone()
+    row = await _first_row(conn, "SELECT bot_id, scope_kind, scope_id FROM memories WHERE id = ?", (memory_id,))
     return Scope(row[0], row[1], row[2]) if row else None
 
 
@@ -215,27 +237,25 @@ async def memories_before(
     conn: aiosqlite.Connection, scope: Scope, channel_id: int, before_id: int, limit: int
 ) -> list[Memory]:
     """The channel's turns just before memory `before_id`, oldest first."""
-    async with conn.execute(
+    rows = await _rows(
+        conn,
         f"SELECT {_COLUMNS} FROM memories WHERE {_SCOPE_FILTER} AND channel_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
         (*_scope_params(scope), channel_id, before_id, limit),
-    ) as cursor:
-        rows = await cursor.fetchall()
+    )
     return [_memory(row) for row in reversed(rows)]
 
 
 async def unscored_memory_ids(conn: aiosqlite.Connection, *, after_id: int, limit: int) -> list[int]:
     """Ids of memories still waiting for a score, oldest first, past `after_id`."""
-    async with conn.execute(
+    rows = await _rows(
+        conn,
         "SELECT id FROM memories WHERE significance IS NULL AND id > ? AND scoring_failures < ? ORDER BY id LIMIT ?",
         (after_id, MAX_SCORING_FAILURES, limit),
-    ) as cursor:
-        return [row[0] for row in await cursor.fetchall()]
+    )
+    return [row[0] for row in rows]
 
 
 async def count_unscored(conn: aiosqlite.Connection) -> int:
-    async with conn.execute(
-        "SELECT count(*) FROM memories WHERE significance IS NULL AND scoring_failures < ?",
-        (MAX_SCORING_FAILURES,),
-    ) as cursor:
-        row = await cursor.fetchone()
+    sql = "SELECT count(*) FROM memories WHERE significance IS NULL AND scoring_failures < ?"
+    row = await _first_row(conn, sql, (MAX_SCORING_FAILURES,))
     return int(row[0]) if row else 0

@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from storage import sqlite
+from storage.files import fsync_path, remove_database_files
 from storage.rebuild import ensure_projections
 from storage.schema import LATEST_VERSION, migrate
 
@@ -127,7 +128,7 @@ def take_backup(
         copy_database(db_path, temp)
         check = verify_file(temp)
         digest = file_digest(temp)
-        _fsync_file(temp)
+        fsync_path(temp)
         size = temp.stat().st_size
         sidecar = {
             "format": SIDECAR_FORMAT,
@@ -144,9 +145,9 @@ def take_backup(
         # The sidecar goes first: a backup file that exists always has its record.
         os.replace(temp_sidecar, backups_dir / f"{name}{SIDECAR_SUFFIX}")
         os.replace(temp, backups_dir / name)
-        _fsync_dir(backups_dir)
+        fsync_path(backups_dir)
     except BaseException as exc:
-        _remove_quietly(temp, temp_sidecar)
+        remove_database_files(temp, temp_sidecar)
         if isinstance(exc, sqlite.Error | OSError):
             raise BackupError(f"backup failed: {_describe(exc)}") from exc
         raise
@@ -332,14 +333,14 @@ def prune_backups(backups_dir: Path, *, kind: str, keep: int, protect: Collectio
     of_kind = [b for b in list_backups(backups_dir) if b.kind == kind]
     doomed = [b for b in of_kind[: max(0, len(of_kind) - keep)] if b.name not in protect]
     for info in doomed:
-        _remove_quietly(Path(f"{info.path}{SIDECAR_SUFFIX}"), info.path)
+        remove_database_files(Path(f"{info.path}{SIDECAR_SUFFIX}"), info.path)
         log.info("pruned backup %s", info.name)
     # Sidecars left by a crash between the two renames of a take.
     for sidecar in backups_dir.glob(f"memory-*.db{SIDECAR_SUFFIX}"):
         if not sidecar.with_suffix("").exists():
-            _remove_quietly(sidecar)
+            remove_database_files(sidecar)
     if doomed:
-        _fsync_dir(backups_dir)
+        fsync_path(backups_dir)
     return [info.name for info in doomed]
 
 
@@ -348,7 +349,7 @@ def remove_temp_files(directory: Path) -> list[str]:
     if not directory.is_dir():
         return []
     leftovers = [p for p in directory.iterdir() if p.name.startswith(TEMP_PREFIX)]
-    _remove_quietly(*leftovers)
+    remove_database_files(*leftovers)
     return [p.name for p in leftovers]
 
 
@@ -405,30 +406,6 @@ def _write_synced(path: Path, data: bytes) -> None:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # The renames are durable only once the folder itself is on disk.
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _remove_quietly(*paths: Path) -> None:
-    for path in paths:
-        for suffix in ("", "-journal", "-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                Path(f"{path}{suffix}").unlink()
 
 
 def _size_or_none(path: Path) -> int | None:

@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from storage import sqlite
+from storage.files import fsync_path, remove_database_files
 from storage.schema import FTS_SHADOW_TABLES, PROJECTION_DDL, fts_ddl
 
 log = logging.getLogger(__name__)
@@ -113,11 +114,11 @@ def write_snapshot(
             late = _forgotten_in(temp, _forgotten_ids(db_path, after_seq=seq))
             if late:
                 _scrub_file(temp, late)
-            _fsync(temp)
+            fsync_path(temp)
             os.replace(temp, snapshots_dir / name)
-            _fsync(snapshots_dir)
+            fsync_path(snapshots_dir)
     except BaseException as exc:
-        _remove_quietly(temp)
+        remove_database_files(temp)
         if isinstance(exc, sqlite.Error | OSError):
             raise SnapshotError(f"snapshot failed: {exc}") from exc
         raise
@@ -374,10 +375,10 @@ def prune_snapshots(snapshots_dir: Path, *, kind: str, keep: int, protect: Colle
         doomed = [i for i in infos if not i.readable] + of_kind[: max(0, len(of_kind) - keep)]
         doomed = [i for i in doomed if i.name not in protect]
         for info in doomed:
-            _remove_quietly(info.path)
+            remove_database_files(info.path)
             log.info("pruned snapshot %s", info.name)
         if doomed:
-            _fsync(snapshots_dir)
+            fsync_path(snapshots_dir)
     return [i.name for i in doomed]
 
 
@@ -388,7 +389,7 @@ def remove_unusable(db_path: Path, snapshots_dir: Path) -> list[str]:
         with _files_lock:
             doomed = [i for i in list_snapshots(snapshots_dir) if unusable_reason(conn, i) is not None]
             for info in doomed:
-                _remove_quietly(info.path)
+                remove_database_files(info.path)
                 log.info("removed snapshot %s: it does not fit the log", info.name)
     finally:
         conn.close()
@@ -420,7 +421,7 @@ def scrub_memories(snapshots_dir: Path, memory_ids: Iterable[int]) -> int:
             except (sqlite.Error, OSError) as exc:
                 # Unreadable: it cannot be shown to be free of the text.
                 log.warning("deleting snapshot %s, which cannot be checked for forgotten memories: %s", path.name, exc)
-                _remove_quietly(path)
+                remove_database_files(path)
                 changed += 1
                 continue
             if not present:
@@ -430,9 +431,9 @@ def scrub_memories(snapshots_dir: Path, memory_ids: Iterable[int]) -> int:
                 _scrub_file(path, present)
             except (sqlite.Error, OSError) as exc:
                 log.warning("deleting snapshot %s, which could not be scrubbed: %s", path.name, exc)
-                _remove_quietly(path)
+                remove_database_files(path)
         if changed:
-            _fsync(snapshots_dir)
+            fsync_path(snapshots_dir)
     return changed
 
 
@@ -488,7 +489,7 @@ def _scrub_file(path: Path, memory_ids: list[int]) -> None:
             raise
         # secure_delete zeroed the rows; VACUUM also drops the freed pages.
         conn.execute("VACUUM snap")
-    _fsync(path)
+    fsync_path(path)
 
 
 def _unindex(conn: sqlite.sqlite3.Connection, ids: str) -> None:
@@ -528,18 +529,3 @@ def _free_name(snapshots_dir: Path, kind: str, taken_at: datetime) -> str:
 def _serial(name: str) -> int:
     match = NAME_PATTERN.match(name)
     return int(match["serial"] or 1) if match else 0
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _remove_quietly(*paths: Path) -> None:
-    for path in paths:
-        for suffix in ("", "-journal", "-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                Path(f"{path}{suffix}").unlink()

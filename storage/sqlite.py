@@ -26,6 +26,9 @@ DatabaseError = sqlite3.DatabaseError
 IntegrityError = sqlite3.IntegrityError
 
 BUSY_TIMEOUT_MS = 5000
+# After a checkpoint has emptied it, the WAL file is cut back to this size: a burst of
+# writes (a rebuild, a restore, a busy evening) does not keep its disk space for good.
+WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 
 # WAL lets readers (recall, lists, backups) run beside the single writer.
 # synchronous=FULL adds one fsync per commit: a turn the user saw answered
@@ -38,6 +41,7 @@ CONNECTION_PRAGMAS = (
     f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
     "PRAGMA foreign_keys = ON",
     "PRAGMA secure_delete = ON",
+    f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}",
 )
 
 

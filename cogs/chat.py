@@ -42,6 +42,8 @@ BUSY_NOTICE_INTERVAL_SECONDS = 30.0
 INTERNAL_ERROR_REPLY = "Sorry, something went wrong on my side with that one. My owner can find it in the logs."
 MEMORY_WRITE_FAILED_REPLY = "(I couldn't save this conversation to my memory just now: my storage is having trouble.)"
 EMPTY_MESSAGE_TEXT = "(they mentioned you without saying anything)"
+# Discord's error code for a reply sent without the Read Message History permission.
+CANNOT_REPLY_WITHOUT_HISTORY = 160002
 # C0 control characters other than tab and newline: they only confuse models.
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -80,7 +82,10 @@ class Chat(commands.Cog):
         listen_ids = self.bot.config.discord.listen_channel_ids
         is_listen_channel = channel.id in listen_ids or (parent_id is not None and parent_id in listen_ids)
         is_mentioned = any(user.id == bot_user.id for user in message.mentions)
-        return is_dm or is_listen_channel or is_mentioned or await self._is_reply_to_me(message)
+        # Discord's client often completes @BotName to the bot's own managed role.
+        own_role = message.guild.self_role if message.guild is not None else None
+        is_role_mentioned = own_role is not None and any(role.id == own_role.id for role in message.role_mentions)
+        return is_dm or is_listen_channel or is_mentioned or is_role_mentioned or await self._is_reply_to_me(message)
 
     async def _is_reply_to_me(self, message: discord.Message) -> bool:
         reference = message.reference
@@ -151,8 +156,13 @@ class Chat(commands.Cog):
         text = message.content
         if self.bot.user is not None:
             text = re.sub(rf"<@!?{self.bot.user.id}>", "", text)
+        own_role = message.guild.self_role if message.guild is not None else None
+        if own_role is not None:
+            text = text.replace(f"<@&{own_role.id}>", "")
         for user in message.mentions:
-            text = re.sub(rf"<@!?{user.id}>", f"@{user.display_name}", text)
+            # A function, not a template: names may hold backslashes.
+            name = f"@{user.display_name}"
+            text = re.sub(rf"<@!?{user.id}>", lambda _, name=name: name, text)
         for role in message.role_mentions:
             text = text.replace(f"<@&{role.id}>", f"@{role.name}")
         for channel in message.channel_mentions:
@@ -182,7 +192,13 @@ class Chat(commands.Cog):
     async def _reply(message: discord.Message, text: str) -> discord.Message:
         # Still answer if the user deleted their message meanwhile.
         reference = message.to_reference(fail_if_not_exists=False)
-        return await message.channel.send(text, reference=reference, mention_author=False)
+        try:
+            return await message.channel.send(text, reference=reference, mention_author=False)
+        except discord.Forbidden as exc:
+            if exc.code != CANNOT_REPLY_WITHOUT_HISTORY:
+                raise
+            # Without Read Message History a bot may post but not reply: answer plainly instead.
+            return await message.channel.send(text)
 
     async def _keep_typing(self, channel: discord.abc.Messageable) -> None:
         await asyncio.sleep(TYPING_DELAY_SECONDS)

@@ -20,7 +20,7 @@ from discord.ext import commands
 from cogs.replies import UserFacingError, send_ephemeral
 from companion.context import clip, rank_recalled
 from storage import memories, sqlite
-from storage.commands import MemoryNotFound, forget_memory, pin_memory, unpin_memory
+from storage.commands import ManualPinLimit, MemoryNotFound, forget_memory, pin_memory, unpin_memory
 from storage.memories import Memory
 from storage.scope import Scope
 
@@ -35,6 +35,7 @@ PAGE_SIZE = 10
 SEARCH_RESULTS = 10
 SEARCH_CANDIDATES = 50
 SNIPPET_CHARS = 110
+QUERY_ECHO_CHARS = 80
 AUTOCOMPLETE_CHOICES = 25
 AUTOCOMPLETE_SCAN = 200
 VIEW_TIMEOUT_SECONDS = 180.0
@@ -44,6 +45,7 @@ MemoryId = app_commands.Range[int, 1, 2**53 - 1]
 SearchQuery = app_commands.Range[str, 1, MAX_QUERY_CHARS]
 
 NO_SUCH_MEMORY = "There's no such memory here."
+RESTORING = "I'm restoring a backup right now, so memories can't be changed. Try again in a moment."
 NOT_PERMITTED = (
     "You can't change that memory: only the person whose turn it was, members with Manage Messages "
     "and the bot's owners can."
@@ -72,10 +74,23 @@ def memory_line(memory: Memory) -> str:
     else:
         significance = "sig failed" if memory.scoring_gave_up else "sig pending"
     day = datetime.fromtimestamp(memory.created_at, UTC)
-    snippet = f"{memory.author_name}: {memory.user_text} → {memory.reply_text}"
-    snippet = clip(" ".join(snippet.split()), SNIPPET_CHARS)
-    snippet = discord.utils.escape_mentions(discord.utils.escape_markdown(snippet))
+    snippet = escaped_snippet(f"{memory.author_name}: {memory.user_text} → {memory.reply_text}", SNIPPET_CHARS)
     return f"#{memory.id} · {pin} · {significance} · {discord.utils.format_dt(day, 'd')} · {snippet}"
+
+
+def escaped_snippet(text: str, max_chars: int) -> str:
+    """`text` on one line, Markdown and mentions escaped, at most `max_chars` long once escaped.
+
+    Escaping can double a text's length, so clipping first would let ten
+    lines of code-heavy chat overflow Discord's 2000 characters.
+    """
+    flat = " ".join(text.split())
+    keep = max_chars
+    while True:
+        escaped = discord.utils.escape_mentions(discord.utils.escape_markdown(clip(flat, keep)))
+        if len(escaped) <= max_chars or keep <= 1:
+            return escaped
+        keep -= max(1, len(escaped) - max_chars)
 
 
 class MemoryPages(discord.ui.View):
@@ -211,7 +226,7 @@ class MemoryCog(commands.GroupCog, group_name="memory", group_description="See a
         if not ranked:
             await send_ephemeral(interaction, "I don't remember anything here that matches that.")
             return
-        header = f"**Best matches for** “{discord.utils.escape_markdown(clip(query, 80))}”:"
+        header = f"**Best matches for** “{escaped_snippet(query, QUERY_ECHO_CHARS)}”:"
         await send_ephemeral(interaction, "\n".join([header, *(memory_line(m) for m in ranked)]))
 
     # changing
@@ -222,9 +237,27 @@ class MemoryCog(commands.GroupCog, group_name="memory", group_description="See a
         """Pin a memory so it is in every prompt here. Manual pins are never evicted."""
         scope = scope_of(interaction)
         await self._modifiable(interaction, scope, id)
-        outcome = await self._change(
-            pin_memory(self.bot.db, scope, id, actor_id=interaction.user.id, pin_cap=self.bot.config.memory.pin_cap)
-        )
+        # The write may wait behind a checkpoint or a backup's last step: answer within Discord's 3 s.
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        pin_cap = self.bot.config.memory.pin_cap
+        # In a server, members pin their own turns only up to the cap; moderators and owners may go beyond.
+        limited = interaction.guild_id is not None and not await self._may_change_any(interaction)
+        try:
+            outcome = await self._change(
+                pin_memory(
+                    self.bot.db,
+                    scope,
+                    id,
+                    actor_id=interaction.user.id,
+                    pin_cap=pin_cap,
+                    manual_pin_limit=pin_cap if limited else None,
+                )
+            )
+        except ManualPinLimit as exc:
+            raise UserFacingError(
+                f"There are already {exc.limit} manual pins here, the most a member can make. "
+                "Unpin one first, or ask someone with Manage Messages to pin it."
+            ) from None
         if not outcome.changed:
             await send_ephemeral(interaction, f"#{id} is already pinned.\n{memory_line(outcome.memory)}")
             return
@@ -240,6 +273,7 @@ class MemoryCog(commands.GroupCog, group_name="memory", group_description="See a
         """Unpin a memory. It stays remembered and can still be recalled by search."""
         scope = scope_of(interaction)
         await self._modifiable(interaction, scope, id)
+        await interaction.response.defer(ephemeral=True, thinking=True)
         outcome = await self._change(unpin_memory(self.bot.db, scope, id, actor_id=interaction.user.id))
         if not outcome.changed:
             await send_ephemeral(interaction, f"#{id} isn't pinned.\n{memory_line(outcome.memory)}")
@@ -312,6 +346,8 @@ class MemoryCog(commands.GroupCog, group_name="memory", group_description="See a
 
     async def _modifiable(self, interaction: discord.Interaction, scope: Scope, memory_id: int) -> Memory:
         """The memory, if it exists here and the invoker may change it; else a user-facing error."""
+        if self.bot.paused_reason:
+            raise UserFacingError(RESTORING)
         memory = await memories.get_memory(self.bot.db.reader, scope, memory_id)
         if memory is None:
             raise UserFacingError(NO_SUCH_MEMORY)

@@ -7,6 +7,7 @@ key, so `bot.py` can print it as a single line and exit non-zero.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tomllib
@@ -241,6 +242,8 @@ def _coerce(where: str, section: str, key: str, hint: typing.Any, value: typing.
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise wrong("a number")
+        if not math.isfinite(value):  # TOML allows nan and inf, and no bound check catches nan
+            raise wrong("a finite number")
         _check_bounds(where, section, key, value)
         return float(value)
     if hint is str:

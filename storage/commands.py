@@ -28,6 +28,14 @@ class MemoryNotFound(Exception):
     """No such memory in this scope: unknown, forgotten, or another scope's."""
 
 
+class ManualPinLimit(Exception):
+    """The scope already holds as many manual pins as this person may make."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"{limit} manual pins already")
+        self.limit = limit
+
+
 @dataclass(frozen=True)
 class TurnRecord:
     """What the chat flow knows about a turn it answered."""
@@ -105,12 +113,22 @@ async def record_scoring_failure(db: Database, memory_id: int, reason: str) -> b
         return True
 
 
-async def pin_memory(db: Database, scope: Scope, memory_id: int, *, actor_id: int, pin_cap: int) -> PinOutcome:
-    """Pin by hand. A manual pin is never evicted; it may push out the oldest auto-pin."""
+async def pin_memory(
+    db: Database, scope: Scope, memory_id: int, *, actor_id: int, pin_cap: int, manual_pin_limit: int | None = None
+) -> PinOutcome:
+    """Pin by hand. A manual pin is never evicted; it may push out the oldest auto-pin.
+
+    With `manual_pin_limit`, refuse (ManualPinLimit) when the scope already
+    holds that many manual pins.
+    """
     async with db.transaction() as tx:
         memory = await _scoped_memory(tx, scope, memory_id)
         if memory.pinned and not memory.pin_auto:
             return PinOutcome(changed=False, memory=memory)
+        if manual_pin_limit is not None:
+            pinned_count, auto_ids = await _pin_census(tx, scope)
+            if pinned_count - len(auto_ids) >= manual_pin_limit:
+                raise ManualPinLimit(manual_pin_limit)
         await append(tx, MemoryPinChanged(memory_id, pinned=True, auto=False, actor_id=actor_id, reason="manual"))
         unpinned = await _evict_over_cap(tx, scope, pin_cap, protect=memory_id)
         return PinOutcome(changed=True, memory=await _scoped_memory(tx, scope, memory_id), unpinned=unpinned)

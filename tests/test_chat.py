@@ -10,6 +10,7 @@ from tests.harness import (
     B_CHANNEL,
     BOB,
     BOT_ID,
+    CAROL,
     CHAT_MODEL,
     GUILD_A,
     LISTEN_CHANNEL,
@@ -218,3 +219,30 @@ async def test_a_full_channel_tells_people_instead_of_dropping_silently(harness)
     assert int(busy_reply["message_reference"]["message_id"]) == int(sent[2]["id"])
     marked = sorted(message_id for _, message_id, _ in harness.discord.reactions)
     assert marked == sorted(int(m["id"]) for m in sent[3:])
+
+
+async def test_a_mention_of_the_bots_own_role_counts_as_a_mention(harness):
+    """Discord's client often completes @Mnemo to the role Discord made for the bot."""
+    await harness.start_bot()
+    bot_role = harness.discord.guilds[GUILD_A].personal_roles[BOT_ID]
+    reply = await harness.say(QUIET_CHANNEL, ALICE, f"<@&{bot_role}> are you there?")
+    assert reply["message_reference"]
+    assert last_user_text(harness.llm.requests_for(CHAT_MODEL)[-1].body) == "Alice: are you there?"
+
+
+async def test_mentioned_names_are_taken_literally(harness):
+    harness.discord.users[CAROL].global_name = r"\o/ C:\1 \g<0>"
+    await harness.start_bot()
+    await harness.say(LISTEN_CHANNEL, ALICE, f"what do you think of <@{CAROL}>?")
+    assert (
+        last_user_text(harness.llm.requests_for(CHAT_MODEL)[-1].body) == r"Alice: what do you think of @\o/ C:\1 \g<0>?"
+    )
+
+
+async def test_without_read_message_history_it_answers_without_the_reply_reference(harness):
+    await harness.start_bot()
+    harness.discord.channels_without_history.add(LISTEN_CHANNEL)
+    harness.llm.script(CHAT_MODEL, Answer("still here"))
+    reply = await harness.say(LISTEN_CHANNEL, ALICE, "can you hear me?")
+    assert reply["content"] == "still here" and not reply.get("message_reference")
+    await harness.wait_for_memories(1)

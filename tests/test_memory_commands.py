@@ -34,13 +34,17 @@ async def remember(bot, scope: Scope, text: str, *, author_id: int = ALICE, auth
 
 
 async def run(harness, user_id: int, command: str, *, guild_id: int | None = GUILD_A, **options) -> str:
-    """Invoke a slash command and return the text of its first response, checking it is ephemeral."""
+    """Invoke a slash command and return the text of its answer (after a deferral, the followup),
+    checking it is ephemeral."""
     channel_id = {GUILD_A: LISTEN_CHANNEL, GUILD_B: B_CHANNEL}.get(guild_id)
     interaction = await harness.discord.invoke(
         user_id, command, guild_id=guild_id, channel_id=channel_id, options=options
     )
     [response] = await interaction.wait_for_response(1)
     assert response["ephemeral"], response
+    if response["type"] == 5:  # deferred: "thinking…", then the answer
+        response = (await interaction.wait_for_response(2))[1]
+        assert response["ephemeral"], response
     return response["content"]
 
 
@@ -321,3 +325,50 @@ async def test_forget_in_dms_is_the_users_own(harness):
     dm_memory = await remember(bot, Scope.for_dm(BOT_ID, ALICE), "dm only thing")
     assert (await forget(harness, ALICE, dm_memory, guild_id=None)).startswith(f"Forgotten #{dm_memory}")
     assert await memories.count_memories(bot.db.reader, Scope.for_dm(BOT_ID, ALICE)) == 0
+
+
+async def test_members_pin_their_own_turns_only_up_to_the_cap(harness):
+    """Pins go into every prompt here: a member cannot flood them; moderators may go beyond the cap."""
+    bot = await harness.start_bot(memory={"pin_cap": 3})
+    bot.scoring.pause()
+    ids = [
+        await remember(bot, SCOPE_A, f"what carol cares about {i}", author_id=CAROL, author="Carol") for i in range(5)
+    ]
+    for memory_id in ids[:3]:
+        assert (await run(harness, CAROL, "memory pin", id=memory_id)).startswith(f"Pinned #{memory_id}.")
+    refused = await run(harness, CAROL, "memory pin", id=ids[3])
+    assert refused.startswith("There are already 3 manual pins here")
+    assert not (await memories.get_memory(bot.db.reader, SCOPE_A, ids[3])).pinned
+    harness.discord.set_member_permissions(GUILD_A, BOB, MANAGE_MESSAGES)
+    assert (await run(harness, BOB, "memory pin", id=ids[3])).startswith(f"Pinned #{ids[3]}.")
+    # In DMs the memories are the user's alone: no limit there.
+    dm = Scope.for_dm(BOT_ID, CAROL)
+    dm_ids = [await remember(bot, dm, f"a private note {i}", author_id=CAROL, author="Carol") for i in range(4)]
+    for memory_id in dm_ids:
+        assert (await run(harness, CAROL, "memory pin", guild_id=None, id=memory_id)).startswith("Pinned")
+
+
+async def test_pages_of_markdown_heavy_memories_fit_in_one_message(harness):
+    """Escaping Markdown can double a snippet; every page and every search answer still fits."""
+    bot = await harness.start_bot()
+    bot.scoring.pause()
+    noisy = "__init__ **bold** `x` _y_ ~~z~~ |w| *a*b*c* " * 8
+    for i in range(25):
+        await remember(bot, SCOPE_A, f"{noisy} number{i}")
+    interaction = await harness.discord.invoke(ALICE, "memory list", guild_id=GUILD_A, channel_id=LISTEN_CHANNEL)
+    [first] = await interaction.wait_for_response(1)
+    assert len(first["content"].splitlines()) == 11 and len(first["content"]) <= 2000
+    older = await press(harness, ALICE, interaction.original, "memory:list:older")
+    assert len(older["content"].splitlines()) == 11
+    found = await run(harness, ALICE, "memory search", query=f"{noisy[:250]} __init__")
+    assert found.startswith("**Best matches for**") and len(found.splitlines()) == 11
+
+
+async def test_memories_cannot_be_changed_while_a_restore_runs(harness):
+    bot = await harness.start_bot()
+    memory_id = await remember(bot, SCOPE_A, "steady as she goes")
+    bot.paused_reason = "restoring"
+    for command in ("memory pin", "memory unpin", "memory forget"):
+        assert (await run(harness, ALICE, command, id=memory_id)).startswith("I'm restoring a backup right now")
+    bot.paused_reason = None
+    assert (await run(harness, ALICE, "memory pin", id=memory_id)).startswith("Pinned")

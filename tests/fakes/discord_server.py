@@ -236,9 +236,10 @@ class FakeRole:
     name: str
     permissions: int
     position: int = 0
+    bot_id: int | None = None  # set for the role Discord makes for a bot when it joins
 
     def payload(self) -> JSON:
-        return {
+        payload: JSON = {
             "id": str(self.id),
             "name": self.name,
             "permissions": str(self.permissions),
@@ -246,10 +247,13 @@ class FakeRole:
             "color": 0,
             "colors": {"primary_color": 0},
             "hoist": False,
-            "managed": False,
+            "managed": self.bot_id is not None,
             "mentionable": False,
             "flags": 0,
         }
+        if self.bot_id is not None:
+            payload["tags"] = {"bot_id": str(self.bot_id)}
+        return payload
 
 
 @dataclass
@@ -437,6 +441,8 @@ class FakeDiscord:
         self.edits: list[JSON] = []  # PATCH /channels/{id}/messages/{id}
         self.deleted: list[int] = []  # message ids the bot deleted (channel or webhook route)
         self.typing: list[int] = []
+        # Channels where the bot lacks Read Message History: Discord refuses its replies there.
+        self.channels_without_history: set[int] = set()
         self.reactions: list[tuple[int, int, str]] = []  # (channel id, message id, emoji)
         self.requests: list[tuple[str, str]] = []
         self.unhandled: list[tuple[str, str]] = []  # REST calls the fake has no route for
@@ -516,7 +522,9 @@ class FakeDiscord:
         for user_id in members:
             self.users.setdefault(user_id, FakeUser(user_id, f"user{user_id}"))
         member_role = FakeRole(new_snowflake(), "member", DEFAULT_MEMBER_PERMISSIONS, position=1)
-        bot_role = FakeRole(new_snowflake(), self.bot_user.name, DEFAULT_MEMBER_PERMISSIONS, position=2)
+        bot_role = FakeRole(
+            new_snowflake(), self.bot_user.name, DEFAULT_MEMBER_PERMISSIONS, position=2, bot_id=self.bot_user_id
+        )
         guild = FakeGuild(
             id=guild_id,
             name=name,
@@ -1200,6 +1208,8 @@ class FakeDiscord:
             return problem
         reply_to = None
         if reference := body.get("message_reference"):
+            if channel_id in self.channels_without_history:
+                return _error(403, 160002, "Cannot reply without permission to read message history")
             reply_to = int(reference["message_id"])
             if reply_to not in self._messages:
                 if reference.get("fail_if_not_exists", True):

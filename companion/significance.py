@@ -54,7 +54,12 @@ RESPONSE_FORMAT = {
 
 
 class UnusableAnswer(Exception):
-    """The classifier answered, but not with exactly one score from 0 to 3."""
+    """The classifier answered, but not with exactly one score from 0 to 3.
+
+    The message describes the answer without quoting it: it is stored in the
+    log as the failure's reason, and the model may have echoed the memory's
+    text, which a later forget could not reach there.
+    """
 
 
 @dataclass(frozen=True)
@@ -79,16 +84,17 @@ def parse_significance(answer: str) -> int:
     if isinstance(decoded, dict):
         value = decoded.get("significance", decoded.get("score"))
         if value is None:
-            raise UnusableAnswer(f"JSON without a significance: {clip(text, 80)!r}")
+            raise UnusableAnswer(f"JSON without a significance ({len(text)} characters)")
     elif isinstance(decoded, int | float) and not isinstance(decoded, bool):
         value = decoded
     else:
         numbers = set(_INTEGER.findall(text))
         if len(numbers) != 1:
-            raise UnusableAnswer(f"no single number in {clip(text, 80)!r}")
+            raise UnusableAnswer(f"no single number in the answer ({len(text)} characters, {len(numbers)} numbers)")
         value = float(numbers.pop())
     if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
-        raise UnusableAnswer(f"not an integer: {value!r}")
+        shown = value if isinstance(value, int | float) and not isinstance(value, bool) else type(value).__name__
+        raise UnusableAnswer(f"not an integer: {shown}")
     score = int(value)
     if not 0 <= score <= 3:
         raise UnusableAnswer(f"out of range: {score}")

@@ -75,14 +75,34 @@ class Database:
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """A write transaction: committed on success, rolled back on any error."""
         async with self._write_lock:
-            await self.writer.execute("BEGIN IMMEDIATE")
+            await self._begin()
             try:
                 yield self.writer
             except BaseException:
                 await asyncio.shield(self._rollback())
                 raise
-            else:
+            try:
                 await asyncio.shield(self.writer.execute("COMMIT"))
+            except sqlite.Error:
+                # A failed COMMIT (a full disk, a busy file) may leave the transaction
+                # open, and the next one could not begin.
+                await asyncio.shield(self._rollback())
+                raise
+
+    async def _begin(self) -> None:
+        """BEGIN IMMEDIATE on the writer, undone if the caller is cancelled meanwhile.
+
+        The statement still runs on the writer's thread after a cancellation;
+        left open, it would make every later transaction fail to begin.
+        """
+        begin = asyncio.ensure_future(self.writer.execute("BEGIN IMMEDIATE"))
+        try:
+            await asyncio.shield(begin)
+        except asyncio.CancelledError:
+            await asyncio.wait([begin])
+            if not begin.cancelled() and begin.exception() is None:
+                await asyncio.shield(self._rollback())
+            raise
 
     async def write_alone(self, work: Callable[[sqlite.sqlite3.Connection], T]) -> T:
         """A whole write transaction in one round trip to the writer's thread.
@@ -97,11 +117,11 @@ class Database:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 result = work(conn)
+                conn.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(sqlite.OperationalError):  # SQLite may have rolled back already
                     conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
             return result
 
         async with self._write_lock:

@@ -1,3 +1,4 @@
+import asyncio
 import json
 
 import pytest
@@ -301,3 +302,39 @@ async def test_index_terms_of_one_scope_cannot_match_another(db):
 
 def test_search_terms_drop_filler_and_keep_content_words():
     assert memories.search_terms("Hey, what do you think about my new Telescope?") == ["telescope", "new"]
+
+
+@pytest.mark.parametrize("steps", range(5))
+async def test_a_write_cancelled_while_it_begins_leaves_the_writer_usable(db, steps):
+    """Shutdown and restores cancel scoring jobs wherever they are, even inside BEGIN."""
+
+    async def touch() -> None:
+        async with db.transaction() as tx:
+            await tx.execute("SELECT 1")
+
+    for _ in range(3):
+        task = asyncio.create_task(touch())
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await write_memory(db, turn(GUILD_A, "still writable"))
+        await touch()
+    assert not db.writer.in_transaction
+
+
+async def test_a_failed_commit_leaves_no_transaction_open(db, monkeypatch):
+    original = db.writer.execute
+    failures = iter([sqlite.OperationalError("disk I/O error")])
+
+    async def execute(sql, *args):
+        if sql == "COMMIT" and (error := next(failures, None)):
+            raise error
+        return await original(sql, *args)
+
+    monkeypatch.setattr(db.writer, "execute", execute)
+    with pytest.raises(sqlite.OperationalError):
+        async with db.transaction() as tx:
+            await tx.execute("SELECT 1")
+    assert not db.writer.in_transaction
+    await write_memory(db, turn(GUILD_A, "next write works"))

@@ -313,26 +313,16 @@ class Operations:
             try:
                 await _report(progress, "New turns and scoring are paused. Checking the backup…")
                 await self._settle()
+                # A job still waiting for the classifier would record its score in the restored database.
+                await self.worker.cancel_in_flight()
                 check = await asyncio.to_thread(backups.verify_backup, info.path)
+                await self._pre_restore_snapshot()
                 await _report(
                     progress,
-                    f"The backup is sound (events up to #{check.last_event_id}). "
-                    "Taking a safety backup of the current state…",
+                    f"The backup is sound (events up to #{check.last_event_id}). Taking a safety backup "
+                    f"of the current state, then restoring `{info.name}`; new memories wait meanwhile…",
                 )
-                safety = await asyncio.to_thread(
-                    backups.take_backup,
-                    self.db.path,
-                    self.backups_dir,
-                    kind="pre-restore",
-                    now=self.clock(),
-                    keep=self.config.backup.keep,
-                    protect=(info.name,),  # it may be an old safety copy itself
-                )
-                await self._pre_restore_snapshot()
-                await _report(progress, f"Safety backup `{safety.name}` taken. Restoring `{info.name}`…")
-                await self.db.run_exclusively(
-                    partial(backups.restore_into, info.path, self.db.path, self.snapshots_dir)
-                )
+                safety = await self.db.run_exclusively(partial(self._back_up_then_restore, info))
             finally:
                 # The worker walks the unscored memories from the start again:
                 # its queue is rebuilt from the restored database.
@@ -341,6 +331,21 @@ class Operations:
                 self._busy = None
         log.info("restored backup %s (events up to #%d)", info.name, check.last_event_id)
         return RestoreReport(info, safety, check.last_event_id, time.monotonic() - started)
+
+    def _back_up_then_restore(self, info: BackupInfo) -> BackupInfo:
+        """The safety backup and the restore, with every write held off from the first to the last:
+        whatever committed before is in the safety backup, whatever comes after lands in the
+        restored database. Returns the safety backup."""
+        safety = backups.take_backup(
+            self.db.path,
+            self.backups_dir,
+            kind="pre-restore",
+            now=self.clock(),
+            keep=self.config.backup.keep,
+            protect=(info.name,),  # it may be an old safety copy itself
+        )
+        backups.restore_into(info.path, self.db.path, self.snapshots_dir)
+        return safety
 
     async def _settle(self) -> None:
         """Let in-flight turns and scoring finish, briefly, so their writes land in the safety backup."""

@@ -107,14 +107,12 @@ class SignificanceWorker:
                 await feeder
         jobs = list(self._in_flight.values())
         if jobs:
-            _, pending = await asyncio.wait(jobs, timeout=grace_seconds)
-            for job in pending:
-                job.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-            if pending:
+            await asyncio.wait(jobs, timeout=grace_seconds)
+            unfinished = await self.cancel_in_flight()
+            if unfinished:
                 log.info(
                     "significance worker stopped with %d jobs unfinished; they resume at next start",
-                    len(pending),
+                    unfinished,
                 )
         self._queue.clear()
 
@@ -131,9 +129,18 @@ class SignificanceWorker:
         self._rescan_now()
 
     async def drain(self) -> None:
-        """Wait for every in-flight job to finish."""
+        """Wait for every in-flight job to finish (giving up the wait leaves them running)."""
         while self._in_flight:
-            await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
+            await asyncio.wait(list(self._in_flight.values()))
+
+    async def cancel_in_flight(self) -> int:
+        """Cancel the jobs still running; returns how many. Their memories stay unscored and are
+        picked up again."""
+        jobs = list(self._in_flight.values())
+        for job in jobs:
+            job.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
+        return len(jobs)
 
     # signals from the rest of the bot
 

@@ -366,12 +366,18 @@ def restore_into(backup_path: Path, live_path: Path, snapshots_dir: Path | None 
     stale `-wal` or `-shm` can end up beside the wrong file. Afterwards the
     schema is migrated and, if the backup's projections do not fit this
     code, they are rebuilt (from a snapshot when one fits).
+
+    Event numbers are memory ids, which people have seen: new events after
+    the restore continue past the highest number the replaced database had
+    reached, so an id shown before the restore never names another memory.
     """
     try:
         with attached(backup_path) as source:
             live = sqlite.connect(live_path)
             try:
+                reached = _last_event_number(live)
                 source.backup(live, pages=-1, name="candidate")
+                _continue_numbering(live, reached)
                 migrate(live)
                 ensure_projections(live, snapshots_dir)
                 # Fold the restored pages into the main file and empty the WAL.
@@ -381,6 +387,24 @@ def restore_into(backup_path: Path, live_path: Path, snapshots_dir: Path | None 
     except sqlite.Error as exc:
         raise BackupError(f"restore failed: {_describe(exc)}") from exc
     log.info("restored %s into %s", backup_path.name, live_path)
+
+
+def _last_event_number(conn: sqlite.sqlite3.Connection) -> int:
+    """The highest event number this database has handed out (0 for a new one)."""
+    try:
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+    except sqlite.OperationalError:  # no AUTOINCREMENT table yet
+        return 0
+    return int(row[0]) if row else 0
+
+
+def _continue_numbering(conn: sqlite.sqlite3.Connection, reached: int) -> None:
+    """Make the next event number come after `reached`, whatever the restored database had."""
+    if reached <= _last_event_number(conn):
+        return
+    updated = conn.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'events'", (reached,)).rowcount
+    if not updated:
+        conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?)", (reached,))
 
 
 # file helpers

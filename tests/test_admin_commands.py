@@ -1,6 +1,8 @@
 """The owners' commands through the fake Discord: /backup, /snapshot, /status, and a restore with its button."""
 
 import asyncio
+import concurrent.futures
+import contextlib
 import re
 import sys
 import threading
@@ -11,7 +13,7 @@ from companion import operations
 from companion.operations import RESTORING_REPLY
 from storage import backups, memories
 from storage.backups import BackupError
-from storage.commands import forget_memory
+from storage.commands import TurnRecord, forget_memory, write_memory
 from tests.fakes.discord_server import ADMINISTRATOR
 from tests.harness import ALICE, APP_OWNER, BOB, CAROL, GUILD_A, GUILD_B, LISTEN_CHANNEL, SCOPE_A
 
@@ -129,7 +131,7 @@ async def test_restore_through_the_slash_command_and_its_button(harness):
     click = await harness.discord.click(APP_OWNER, interaction.original, "backup:restore:confirm")
     await click.wait_for_response(1)
     text = await wait_for_text(interaction, "Restored `")
-    for step in ("paused", "The backup is sound", "Safety backup", f"Restoring `{name}`"):
+    for step in ("paused", "The backup is sound", "safety backup", f"restoring `{name}`"):
         assert step in text
     assert all(r["ephemeral"] for r in interaction.responses)
 
@@ -159,7 +161,7 @@ async def test_messages_during_a_restore_get_a_short_answer(harness, monkeypatch
     interaction = await start_restore(harness, name)
     try:
         await harness.discord.click(APP_OWNER, interaction.original, "backup:restore:confirm")
-        await wait_for_text(interaction, f"Restoring `{name}`…")
+        await wait_for_text(interaction, f"restoring `{name}`")
         reply = await harness.say(LISTEN_CHANNEL, BOB, "hello? anyone?")
         assert reply["content"] == RESTORING_REPLY
     finally:
@@ -167,6 +169,35 @@ async def test_messages_during_a_restore_get_a_short_answer(harness, monkeypatch
     await wait_for_text(interaction, "Restored `")
     reply = await harness.say(LISTEN_CHANNEL, BOB, "hello again")
     assert reply["content"] != RESTORING_REPLY
+
+
+async def test_a_memory_written_during_the_safety_backup_is_kept(harness, monkeypatch):
+    """A turn answered while the safety backup is being taken (settling gave up on it) must end
+    up in the safety backup or in the restored database, never in neither."""
+    bot = await harness.start_bot()
+    await harness.say(LISTEN_CHANNEL, ALICE, "before the backup")
+    await harness.wait_for_memories(1)
+    name = await take_backup(harness)
+    loop = asyncio.get_running_loop()
+    real_take_backup = backups.take_backup
+    late = TurnRecord(SCOPE_A, LISTEN_CHANNEL, BOB, "Bob", "Mnemo", "a late turn", "answered late")
+
+    def take_backup_while_a_turn_lands(*args, **kwargs):
+        info = real_take_backup(*args, **kwargs)
+        if kwargs.get("kind") == "pre-restore":
+            landing = asyncio.run_coroutine_threadsafe(write_memory(bot.db, late), loop)
+            with contextlib.suppress(concurrent.futures.TimeoutError):
+                landing.result(timeout=1.0)  # held back until the restore is done
+        return info
+
+    monkeypatch.setattr(backups, "take_backup", take_backup_while_a_turn_lands)
+    interaction = await start_restore(harness, name)
+    await harness.discord.click(APP_OWNER, interaction.original, "backup:restore:confirm")
+    await wait_for_text(interaction, "Restored `")
+    async with asyncio.timeout(5):
+        while "a late turn" not in await memory_texts(bot):
+            await asyncio.sleep(0.02)
+    assert await memory_texts(bot) == ["a late turn", "before the backup"]
 
 
 async def test_a_corrupt_backup_is_refused_and_nothing_changes(harness):

@@ -255,9 +255,10 @@ async def test_restore_into_brings_back_the_backup_while_other_connections_stay_
     await db.run_exclusively(lambda: backups.restore_into(info.path, db.path, tmp_path / "snapshots"))
     async with db.reader.execute("SELECT count(*) FROM memories") as cursor:
         assert (await cursor.fetchone())[0] == 3
-    # The live database is still WAL, and new writes carry on after the restored log.
+    # The live database is still WAL, and new writes carry on after the restored log, numbered
+    # past every id the replaced database had shown (#4 to #7 were seen and are gone).
     [new_id] = await fill(db, 1, text="after the restore")
-    assert new_id == 4
+    assert new_id == 8
     conn = sqlite.connect(db.path, query_only=True)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert stale_projections(conn) is None

@@ -345,8 +345,8 @@ async def test_restore_soak(harness):
 
 
 async def test_a_score_still_in_flight_when_the_restore_copies_is_not_given_to_another_memory(harness, monkeypatch):
-    """A classifier call that outlives the restore's settle window must not score the memory
-    that, after the restore, reuses the id of the memory it was about."""
+    """A classifier call that outlives the restore's settle window must not score another memory:
+    ids are not reused after a restore, and the rolled-back one is gone."""
     from companion import operations
 
     def classify(body: dict) -> Answer:
@@ -376,7 +376,7 @@ async def test_a_score_still_in_flight_when_the_restore_copies_is_not_given_to_a
     async with bot.db.reader.execute("SELECT id, user_text, significance, pinned FROM memories ORDER BY id") as cur:
         rows = await cur.fetchall()
     assert [row[1] for row in rows] == ["good morning", "nice weather today"]
-    assert rows[1][0] == rolled_back_id, "the id was not reused; the test no longer covers the case"
+    assert rows[1][0] > rolled_back_id, "an id people saw before the restore now names another memory"
     assert rows[1][2:] == (0, 0), f"the new memory got the rolled-back memory's score: {rows[1]}"
 
 

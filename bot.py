@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,18 @@ GIL_SWITCH_INTERVAL_SECONDS = 0.0005
 # No reply may ever ping @everyone, @here or a role, whatever the model
 # writes; users are not pinged either, except where a cog asks for it.
 ALLOWED_MENTIONS = discord.AllowedMentions(everyone=False, roles=False, users=False, replied_user=False)
+# After a forget, a checkpoint held up by a reader (a backup copying) is tried again this often.
+CHECKPOINT_RETRY_SECONDS = 5
+CHECKPOINT_RETRIES = 120
+
+
+@dataclass
+class ForgetCleanup:
+    """What happened to a forgotten memory's other copies."""
+
+    problems: list[str] = field(default_factory=list)
+    # A reader held up the checkpoint: the old pages leave the database files shortly, on a retry.
+    checkpoint_pending: bool = False
 
 
 class CompanionTree(app_commands.CommandTree):
@@ -108,6 +121,7 @@ class CompanionBot(commands.Bot):
         self.app_owner_ids: frozenset[int] = frozenset()
         # Set while a restore runs: messages get this answer instead of a turn.
         self.paused_reason: str | None = None
+        self._checkpoint_retry: asyncio.Task[None] | None = None
         self.operations = Operations(
             config, db, self.scoring, pause_turns=self._pause_turns, turns_in_flight=self._turns_in_flight
         )
@@ -153,6 +167,9 @@ class CompanionBot(commands.Bot):
     async def close(self) -> None:
         await self.operations.stop()
         await self.scoring.stop()
+        if self._checkpoint_retry is not None:
+            # Closing the database checkpoints it anyway.
+            self._checkpoint_retry.cancel()
         await super().close()
 
     async def release_resources(self) -> None:
@@ -164,28 +181,49 @@ class CompanionBot(commands.Bot):
         # There are no prefix commands; the chat cog handles every message.
         return
 
-    async def after_forget(self, memory_id: int) -> list[str]:
+    async def after_forget(self, memory_id: int) -> ForgetCleanup:
         """Scrub a just-forgotten memory from everywhere else the running bot keeps it.
 
-        Returns the problems met (empty when all went well); the forget itself
-        has already committed, so a problem here is reported, never raised.
+        The forget itself has already committed, so a problem here is
+        reported, never raised.
         """
-        problems = []
+        cleanup = ForgetCleanup()
         self.scoring.discard(memory_id)
         try:
             rewritten = await asyncio.to_thread(scrub_memory, self.config.storage.snapshots_dir, memory_id)
             log.info("forgot memory #%s; scrubbed %d snapshot files", memory_id, rewritten)
         except Exception:
             log.exception("could not scrub forgotten memory #%s from the snapshots", memory_id)
-            problems.append("scrubbing the snapshots failed")
+            cleanup.problems.append("scrubbing the snapshots failed")
         try:
             # Fold the WAL into the main file now, so the pages that held the
             # text leave the -wal file too.
-            await self.db.checkpoint()
+            if not await self.db.checkpoint():
+                log.info("a reader held up the checkpoint after forgetting memory #%s; retrying", memory_id)
+                cleanup.checkpoint_pending = True
+                self._retry_checkpoint()
         except sqlite.Error:
             log.exception("checkpoint after forgetting memory #%s failed", memory_id)
-            problems.append("the database checkpoint failed")
-        return problems
+            cleanup.problems.append("the database checkpoint failed")
+        return cleanup
+
+    def _retry_checkpoint(self) -> None:
+        if self._checkpoint_retry is None or self._checkpoint_retry.done():
+            self._checkpoint_retry = asyncio.create_task(self._checkpoint_when_free(), name="checkpoint-retry")
+
+    async def _checkpoint_when_free(self) -> None:
+        """Try the checkpoint again until the reader holding it up (a backup, a snapshot) is done."""
+        for _ in range(CHECKPOINT_RETRIES):
+            await asyncio.sleep(CHECKPOINT_RETRY_SECONDS)
+            try:
+                if await self.db.checkpoint():
+                    log.info("checkpoint done: forgotten text has left the database's WAL")
+                    return
+            except sqlite.Error as exc:
+                log.warning("checkpoint retry failed: %s", exc)
+        log.error(
+            "the WAL could not be checkpointed for %d minutes", CHECKPOINT_RETRIES * CHECKPOINT_RETRY_SECONDS // 60
+        )
 
     def _pause_turns(self, reason: str | None) -> None:
         self.paused_reason = reason

@@ -306,14 +306,20 @@ class MemoryCog(commands.GroupCog, group_name="memory", group_description="See a
                     content=f"Nothing was forgotten.\n{memory_line(memory)}", view=None
                 )
             raise
-        problems = await self.bot.after_forget(id)
-        if problems:
+        cleanup = await self.bot.after_forget(id)
+        if cleanup.problems:
             outcome = (
-                f"Forgotten #{id}: its text is gone from my memory and my search, but {' and '.join(problems)}; "
-                "my owner can find the details in the log and retry with `python bot.py rebuild`."
+                f"Forgotten #{id}: its text is gone from my memory and my search, but "
+                f"{' and '.join(cleanup.problems)}; my owner can find the details in the log and retry with "
+                "`python bot.py rebuild`."
             )
         else:
             outcome = f"Forgotten #{id}: its text is gone from my memory, my search and my snapshots."
+        if cleanup.checkpoint_pending:
+            outcome += (
+                " A backup is reading the database right now, so the old copy of its pages leaves the "
+                "database files a moment after that finishes."
+            )
         await interaction.edit_original_response(content=f"{outcome} {BACKUP_CAVEAT}", view=None)
 
     @pin.autocomplete("id")

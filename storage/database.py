@@ -28,6 +28,8 @@ from storage.schema import migrate
 log = logging.getLogger(__name__)
 
 ITER_CHUNK_ROWS = 256
+# How long a checkpoint waits for readers before it gives up (and writes wait behind it).
+CHECKPOINT_BUSY_TIMEOUT_MS = 200
 
 T = TypeVar("T")
 
@@ -149,13 +151,25 @@ class Database:
                 await asyncio.wait([job])
                 raise
 
-    async def checkpoint(self) -> None:
-        """Fold the WAL into the main file and truncate it."""
+    async def checkpoint(self) -> bool:
+        """Fold the WAL into the main file and truncate it; False if a reader held it up.
+
+        A reader on an older snapshot (a backup or a snapshot being copied)
+        keeps its pages in the WAL. Waiting for it would hold every write, so
+        the checkpoint waits only briefly; the caller may try again later.
+        """
+
+        def truncate(conn: sqlite.sqlite3.Connection) -> bool:
+            conn.execute(f"PRAGMA busy_timeout = {CHECKPOINT_BUSY_TIMEOUT_MS}")
+            try:
+                # Reading the row finishes the statement, which must not stay open into the next COMMIT.
+                busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {sqlite.BUSY_TIMEOUT_MS}")
+            return busy == 0
+
         async with self._write_lock:
-            # The pragma returns a row; reading it finishes the statement, which
-            # must not stay open into the next transaction's COMMIT.
-            async with self.writer.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cursor:
-                await cursor.fetchall()
+            return await asyncio.shield(run_on_connection(self.writer, truncate))
 
     async def close(self) -> None:
         await self.reader.close()

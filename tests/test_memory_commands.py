@@ -1,9 +1,12 @@
 """The /memory commands through the fake Discord: slash commands, autocomplete and buttons."""
 
+import asyncio
+from pathlib import Path
+
 import discord
 import pytest
 
-from storage import memories
+from storage import memories, sqlite
 from storage.commands import TurnRecord, record_significance, write_memory
 from storage.scope import Scope
 from tests.fakes.llm_server import Answer
@@ -372,3 +375,36 @@ async def test_memories_cannot_be_changed_while_a_restore_runs(harness):
         assert (await run(harness, ALICE, command, id=memory_id)).startswith("I'm restoring a backup right now")
     bot.paused_reason = None
     assert (await run(harness, ALICE, "memory pin", id=memory_id)).startswith("Pinned")
+
+
+async def test_a_forget_while_a_backup_reads_says_so_and_checkpoints_when_it_is_done(harness, monkeypatch):
+    import bot as bot_module
+
+    monkeypatch.setattr(bot_module, "CHECKPOINT_RETRY_SECONDS", 0.1)
+    bot = await harness.start_bot()
+    bot.scoring.pause()
+    secret = "quibblesnort"
+    memory_id = await remember(bot, SCOPE_A, f"the password is {secret}")
+    await bot.db.checkpoint()
+    # A reader on the database as it is now, as a backup copying it would be.
+    reader = sqlite.connect(bot.db.path)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM memories").fetchone()
+    try:
+        reply = await forget(harness, ALICE, memory_id)
+        assert reply.startswith(f"Forgotten #{memory_id}")
+        assert "A backup is reading the database right now" in reply
+        # Not folded into the file yet: the WAL still holds pages the reader may need.
+        assert wal_size(bot.db.path) > 0
+    finally:
+        reader.execute("ROLLBACK")
+        reader.close()
+    async with asyncio.timeout(5):
+        while wal_size(bot.db.path) > 0:
+            await asyncio.sleep(0.05)
+    assert secret.encode() not in bot.db.path.read_bytes()
+
+
+def wal_size(db_path: Path) -> int:
+    wal = db_path.with_name(db_path.name + "-wal")
+    return wal.stat().st_size if wal.exists() else 0

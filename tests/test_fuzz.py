@@ -319,7 +319,7 @@ async def check_id_command(world: World, caplog, command: str, value: int | str,
     interaction = await fake.invoke(
         user, f"memory {command}", guild_id=guild_id, channel_id=channel_id, options=options
     )
-    [answer] = await interaction.wait_for_response(1)
+    answer = await interaction.answer()
     assert answer["ephemeral"], answer
     text = answer["content"]
     scope = world.scope_of(user, where)

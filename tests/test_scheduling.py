@@ -7,6 +7,7 @@ from datetime import time as wall_time
 from zoneinfo import ZoneInfo
 
 import pytest
+from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
 
 from companion import operations
 from companion.config import parse_config
@@ -14,6 +15,7 @@ from companion.operations import (
     CATCH_UP_JOB_ID,
     MISFIRE_GRACE_SECONDS,
     NIGHTLY_JOB_ID,
+    NIGHTLY_LATE_JOB_ID,
     NIGHTLY_RETRY_JOB_ID,
     SNAPSHOT_JOB_ID,
     Operations,
@@ -269,3 +271,25 @@ async def test_periodic_snapshot_only_when_events_were_appended(make_ops):
     ops.clock.now += timedelta(hours=1)
     second = await ops.periodic_snapshot()
     assert second is not None and second.seq == 2
+
+
+async def test_a_missed_nightly_run_is_taken_late_rather_than_skipped(make_ops):
+    clock = FakeClock(local(HELSINKI, 2026, 6, 10, 3, 0))
+    ops = await make_ops(clock, time="03:00", timezone="Europe/Helsinki")
+    await ops.start()
+    await settle(ops)
+    assert nightly_days(ops, HELSINKI) == Counter({date(2026, 6, 10): 1})
+    # The host slept through the next night's 03:00 and past the misfire grace.
+    clock.now = local(HELSINKI, 2026, 6, 11, 10, 30)
+    missed_at = local(HELSINKI, 2026, 6, 11, 3, 0)
+    ops._on_job_event(JobExecutionEvent(EVENT_JOB_MISSED, NIGHTLY_JOB_ID, "default", missed_at))
+    async with asyncio.timeout(5):
+        while nightly_days(ops, HELSINKI) != Counter({date(2026, 6, 10): 1, date(2026, 6, 11): 1}):
+            await asyncio.sleep(0.02)
+    assert ops.scheduler.get_job(NIGHTLY_LATE_JOB_ID) is None  # it ran once
+    # Another missed event the same day takes nothing more.
+    ops._on_job_event(JobExecutionEvent(EVENT_JOB_MISSED, NIGHTLY_JOB_ID, "default", missed_at))
+    await asyncio.sleep(0.3)
+    async with ops._lock:
+        pass
+    assert nightly_days(ops, HELSINKI) == Counter({date(2026, 6, 10): 1, date(2026, 6, 11): 1})

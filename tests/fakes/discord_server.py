@@ -334,6 +334,13 @@ class FakeInteraction:
         )
         return list(self.responses)
 
+    async def answer(self, timeout: float = 10) -> JSON:
+        """The bot's answer: its first response, or after a deferral ("thinking…"), what followed it."""
+        [first] = (await self.wait_for_response(1, timeout))[:1]
+        if first["type"] != 5:
+            return first
+        return (await self.wait_for_response(2, timeout))[1]
+
     @property
     def original(self) -> JSON | None:
         """The original response message as it is now (after edits), or None."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import hashlib
 import json
 import logging
@@ -176,6 +177,14 @@ class CompanionBot(commands.Bot):
         """Close the LLM client and the database; call once the bot is closed."""
         await self.llm.close()
         await self.db.close()
+
+    async def on_ready(self) -> None:
+        # Everything alive now (modules, the guild cache) stays alive: exempt it from the
+        # collector, so its full passes stop pausing the loop to walk it again. On a later
+        # READY (a new session rebuilds the cache), the old cache's cycles are freed first.
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
 
     async def on_message(self, message: discord.Message, /) -> None:
         # There are no prefix commands; the chat cog handles every message.

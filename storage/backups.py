@@ -371,12 +371,14 @@ def restore_into(backup_path: Path, live_path: Path, snapshots_dir: Path | None 
     the restore continue past the highest number the replaced database had
     reached, so an id shown before the restore never names another memory.
     """
+    copied = False
     try:
         with attached(backup_path) as source:
             live = sqlite.connect(live_path)
             try:
                 reached = _last_event_number(live)
                 source.backup(live, pages=-1, name="candidate")
+                copied = True
                 _continue_numbering(live, reached)
                 migrate(live)
                 ensure_projections(live, snapshots_dir)
@@ -385,7 +387,12 @@ def restore_into(backup_path: Path, live_path: Path, snapshots_dir: Path | None 
             finally:
                 live.close()
     except sqlite.Error as exc:
-        raise BackupError(f"restore failed: {_describe(exc)}") from exc
+        if copied:
+            # The backup is in; what failed is bringing it up to date, which the next start retries.
+            raise BackupError(
+                f"restore copied the backup in, but could not finish ({_describe(exc)}); restart the bot to complete it"
+            ) from exc
+        raise BackupError(f"restore failed: {_describe(exc)}; the database is unchanged") from exc
     log.info("restored %s into %s", backup_path.name, live_path)
 
 

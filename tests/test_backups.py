@@ -331,3 +331,24 @@ def test_names_parse_and_sort_by_time():
     assert backups.parse_name("memory-20261129T030000Z-weekly.db") is None
     assert backups.parse_name("notes.txt") is None
     assert os.path.basename(backups.backup_name("nightly", T0)) == "memory-20260301T030000Z-nightly.db"
+
+
+async def test_a_restore_says_whether_it_failed_before_or_after_the_copy(db, tmp_path, monkeypatch):
+    await fill(db, 3)
+    info = backups.take_backup(db.path, tmp_path / "backups", kind="manual")
+    await fill(db, 2, text="after the backup")
+
+    def broken(*args):
+        raise sqlite.OperationalError("database or disk is full")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(backups, "attached", broken)
+        with pytest.raises(BackupError, match=r"restore failed: .*; the database is unchanged"):
+            await db.run_exclusively(lambda: backups.restore_into(info.path, db.path))
+    assert count_memories(db.path) == 5
+
+    with monkeypatch.context() as patched:
+        patched.setattr(backups, "ensure_projections", broken)
+        with pytest.raises(BackupError, match="copied the backup in, but could not finish"):
+            await db.run_exclusively(lambda: backups.restore_into(info.path, db.path))
+    assert count_memories(db.path) == 3

@@ -86,6 +86,7 @@ class SignificanceWorker:
         self.errors = 0
         self.last_success_at: float | None = None
         self.last_error: str | None = None
+        self._last_logged: tuple[int, ...] = ()
 
     # lifecycle
 
@@ -172,6 +173,20 @@ class SignificanceWorker:
 
     # the feeder
 
+    def _log_progress(self) -> None:
+        """Once a rescan period, say where scoring stands, if anything happened or waits."""
+        status = self.status()
+        summary = (status.queued, status.in_flight, status.scored, status.failures, status.errors)
+        if summary == self._last_logged or not any(summary):
+            return
+        self._last_logged = summary
+        since = f"{time.time() - status.last_success_at:.0f}s ago" if status.last_success_at is not None else "never"
+        log.info(
+            "scoring: %d queued, %d in flight, %d scored, %d failures, %d errors; last success %s",
+            *summary,
+            since,
+        )
+
     def _rescan_now(self) -> None:
         self._cursor = 0
         self._next_rescan = time.monotonic() + self.rescan_seconds
@@ -192,6 +207,7 @@ class SignificanceWorker:
 
     async def _feed_once(self) -> None:
         if time.monotonic() >= self._next_rescan:
+            self._log_progress()
             self._rescan_now()
         if self._paused:
             await self._wait_event(self._resumed, self._seconds_to_rescan())

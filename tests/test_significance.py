@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import logging
 import time
 
 from storage import memories
@@ -186,3 +187,32 @@ async def test_rebuild_after_scoring_and_pins_equals_live(harness, tmp_path):
     await harness.wait_until_scored()
     live, rebuilt = live_and_rebuilt(bot.db.path, tmp_path)
     assert live == rebuilt
+
+
+async def test_the_worker_logs_where_scoring_stands_once_a_rescan_period(harness, caplog):
+    caplog.set_level(logging.INFO, logger="companion.worker")
+
+    def classify(body: dict) -> Answer:
+        # "first" never gets a usable answer (it is given up after three tries); "second" a score.
+        turn = body["messages"][-1]["content"].split("TURN TO SCORE:")[-1]
+        return Answer("nonsense" if "Alice said: first" in turn else '{"significance": 1}')
+
+    harness.llm.responders[CLASSIFIER_MODEL] = classify
+    bot = await harness.start_bot(memory={"scoring_rescan_seconds": 1.0})
+    await harness.say(LISTEN_CHANNEL, ALICE, "first")
+    await harness.say(LISTEN_CHANNEL, ALICE, "second")
+    await harness.wait_for_memories(2)
+
+    def progress() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("scoring: ")]
+
+    settled = "0 queued, 0 in flight, 1 scored, 3 failures, 0 errors"
+    async with asyncio.timeout(10):
+        while not any(settled in line for line in progress()):
+            await asyncio.sleep(0.05)
+    assert bot.scoring.status().last_success_at is not None
+    [line] = [line for line in progress() if settled in line]
+    assert "last success" in line and "never" not in line
+    # Nothing new happened since: no repeated line.
+    await asyncio.sleep(1.5)
+    assert len([line for line in progress() if settled in line]) == 1

@@ -91,6 +91,8 @@ class Chat(commands.Cog):
         reference = message.reference
         if reference is None or reference.message_id is None or self.bot.user is None:
             return False
+        if reference.type is not discord.MessageReferenceType.reply:
+            return False  # a forward of one of its messages is not a reply to it
         resolved = reference.resolved
         if isinstance(resolved, discord.Message):
             return resolved.author.id == self.bot.user.id
@@ -170,6 +172,11 @@ class Chat(commands.Cog):
         text = _CONTROL_CHARS.sub("", text).strip()
         extras = [f"[attachment: {a.filename}]" for a in message.attachments]
         extras += [f"[sticker: {s.name}]" for s in message.stickers]
+        for forwarded in message.message_snapshots:
+            # A forward's own content is empty; what was forwarded is the message.
+            forwarded_text = _CONTROL_CHARS.sub("", forwarded.content).strip()
+            attached = "".join(f" [attachment: {a.filename}]" for a in forwarded.attachments)
+            extras.append(f"[forwarded message: {forwarded_text}{attached}]")
         text = "\n".join(part for part in [text, *extras] if part)
         return text or EMPTY_MESSAGE_TEXT
 

@@ -246,3 +246,16 @@ async def test_without_read_message_history_it_answers_without_the_reply_referen
     reply = await harness.say(LISTEN_CHANNEL, ALICE, "can you hear me?")
     assert reply["content"] == "still here" and not reply.get("message_reference")
     await harness.wait_for_memories(1)
+
+
+async def test_a_forwarded_message_is_read_and_a_forward_is_not_a_reply(harness):
+    await harness.start_bot()
+    original = await harness.discord.send_message(OTHER_CHANNEL, BOB, "the meeting moved to Thursday")
+    reply = await harness.say(LISTEN_CHANNEL, ALICE, "", forward_of=int(original["id"]))
+    assert reply
+    prompt = last_user_text(harness.llm.requests_for(CHAT_MODEL)[-1].body)
+    assert prompt == "Alice: [forwarded message: the meeting moved to Thursday]"
+    # Forwarding one of the bot's own messages into a quiet channel does not address the bot.
+    await harness.discord.send_message(QUIET_CHANNEL, BOB, "", forward_of=int(reply["id"]))
+    await harness.say(LISTEN_CHANNEL, ALICE, "sync point")
+    assert harness.replies(QUIET_CHANNEL) == []

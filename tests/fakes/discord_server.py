@@ -961,6 +961,7 @@ class FakeDiscord:
         reply_mention: bool = True,
         attachments: list[JSON] | None = None,
         embeds: list[JSON] | None = None,
+        forward_of: int | str | None = None,
     ) -> JSON:
         """A user posts a message (MESSAGE_CREATE); returns the stored payload.
 
@@ -1001,8 +1002,23 @@ class FakeDiscord:
             embeds=embeds,
             attachments=[self._make_attachment(channel_id, spec) for spec in attachments or []],
         )
+        if forward_of is not None:
+            self._make_forward(message, int(forward_of))
         self._dispatch_message_event("MESSAGE_CREATE", message, required=True)
         return copy.deepcopy(message)
+
+    def _make_forward(self, message: JSON, forwarded_id: int) -> None:
+        """Turn ``message`` into a forward of a stored message: empty content, a type 1 reference,
+        and a snapshot of the forwarded message, as Discord sends them."""
+        if message["content"]:
+            raise ValueError("a forward carries no content of its own")
+        target = self._messages[forwarded_id]
+        reference: JSON = {"type": 1, "message_id": str(forwarded_id), "channel_id": target["channel_id"]}
+        if "guild_id" in target:
+            reference["guild_id"] = target["guild_id"]
+        message["message_reference"] = reference
+        fields = ("type", "content", "embeds", "attachments", "timestamp", "edited_timestamp", "flags", "components")
+        message["message_snapshots"] = [{"message": {key: copy.deepcopy(target[key]) for key in fields}}]
 
     async def send_dm(self, user_id: int, content: str, **kw: Any) -> JSON:
         """The user DMs the bot. DMs get no CHANNEL_CREATE: discord.py makes a DMChannel from the

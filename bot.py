@@ -4,6 +4,9 @@ python bot.py [--config PATH]                  run the bot
 python bot.py rebuild [--full] [--config PATH] rebuild the projections (snapshot + tail, or the whole log)
 python bot.py backup now|list [--config PATH]  take a backup now, or list them
 python bot.py backup verify|restore NAME       check a backup, or restore it (bot stopped)
+python bot.py recall (--guild ID | --dm USER_ID) --channel ID [--json] TEXT
+                                               what the prompt for a message would hold
+python bot.py import FILE... [--score]         load history from DiscordChatExporter JSON exports
 """
 
 from __future__ import annotations
@@ -34,12 +37,14 @@ from companion.operations import Operations
 from companion.significance import Classifier
 from companion.turns import TurnService
 from companion.worker import SignificanceWorker
-from storage import backups, sqlite
+from memory_tools import ToolError, import_command, recall_command, resolve_bot_id
+from storage import backups, identity, sqlite
 from storage.backups import BackupError, UnknownBackup
-from storage.database import Database
+from storage.database import Database, DatabaseNotReady
 from storage.datadir_lock import DataDirInUse, DataDirLock
 from storage.rebuild import rebuild_projections
 from storage.schema import SchemaTooNew
+from storage.scope import Scope
 from storage.snapshots import SnapshotError, remove_unusable, scrub_memory, write_snapshot
 
 log = logging.getLogger("companion")
@@ -129,11 +134,21 @@ class CompanionBot(commands.Bot):
 
     async def setup_hook(self) -> None:
         self.app_owner_ids = await self._fetch_app_owner_ids()
+        await self._record_identity()
         for extension in INITIAL_EXTENSIONS:
             await self.load_extension(extension)
         await self.sync_commands_if_changed()
         self.scoring.start()
         await self.operations.start()
+
+    async def _record_identity(self) -> None:
+        """Note the bot's user id in the database, for `recall` and `import` at the command line."""
+        if self.user is None:
+            return
+        try:
+            await identity.record_login(self.db, self.user.id, str(self.user))
+        except sqlite.Error as exc:
+            log.warning("could not record the bot's user id in the database: %s", exc)
 
     async def sync_commands_if_changed(self) -> None:
         """Register the slash commands with Discord, but only when they changed.
@@ -399,7 +414,56 @@ def build_parser() -> argparse.ArgumentParser:
         "restore", parents=[config_option], help="restore a backup over the live database (bot stopped)"
     )
     restore.add_argument("name", help="a backup's name, as `backup list` shows it")
+    recall = commands_.add_parser(
+        "recall",
+        parents=[config_option],
+        help="show what the prompt for a message would hold, without calling the model (fine beside a running bot)",
+    )
+    where = recall.add_mutually_exclusive_group(required=True)
+    where.add_argument("--guild", type=discord_id, metavar="ID", help="the server the message is in")
+    where.add_argument("--dm", type=discord_id, metavar="USER_ID", help="the person whose DMs the message is in")
+    recall.add_argument("--channel", type=discord_id, required=True, metavar="ID", help="the channel (or thread)")
+    recall.add_argument("--json", action="store_true", help="print one JSON object: pinned, recent, recalled")
+    recall.add_argument("--bot-id", type=discord_id, metavar="ID", help="the bot's user id, if the database lacks it")
+    recall.add_argument(
+        "text", nargs="+", metavar="TEXT", help="the message; - reads one per line from stdin, a JSON line for each"
+    )
+    import_ = commands_.add_parser(
+        "import",
+        parents=[config_option],
+        help="load history from DiscordChatExporter JSON exports (fine beside a running bot)",
+    )
+    import_.add_argument("files", nargs="+", type=Path, metavar="FILE", help="JSON exports, one channel each")
+    import_.add_argument(
+        "--score", action="store_true", help="queue every imported memory for significance scoring (a model call each)"
+    )
+    import_.add_argument("--bot-id", type=discord_id, metavar="ID", help="the bot's user id, if the database lacks it")
+    import_.add_argument(
+        "--dm-user",
+        type=discord_id,
+        metavar="USER_ID",
+        help="for an export of DMs: whose DMs they are (default: the person the DM channel is named after)",
+    )
     return parser
+
+
+def discord_id(text: str) -> int:
+    """An argparse type: a Discord id (a positive 64-bit integer)."""
+    if not text.isdigit() or not 0 < int(text) < 2**63:
+        raise argparse.ArgumentTypeError(f"not a Discord id: {text!r}")
+    return int(text)
+
+
+def cmd_recall(config: Config, args: argparse.Namespace) -> int:
+    bot_id = resolve_bot_id(config, args.bot_id)
+    scope = Scope.for_guild(bot_id, args.guild) if args.guild is not None else Scope.for_dm(bot_id, args.dm)
+    texts = sys.stdin if args.text == ["-"] else " ".join(args.text)
+    return asyncio.run(recall_command(config, scope, args.channel, texts, as_json=args.json))
+
+
+def cmd_import(config: Config, args: argparse.Namespace) -> int:
+    bot_id = resolve_bot_id(config, args.bot_id)
+    return asyncio.run(import_command(config, args.files, bot_id=bot_id, score=args.score, dm_user_id=args.dm_user))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -420,6 +484,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 with DataDirLock(config.storage.data_dir).acquire("bot.py backup restore"):
                     return cmd_backup(config, args.action, args.name)
             return cmd_backup(config, args.action, getattr(args, "name", None))
+        if args.command == "recall":
+            return cmd_recall(config, args)
+        if args.command == "import":
+            return cmd_import(config, args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -429,6 +497,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataDirInUse as exc:
         print(f"error: {exc}; stop the bot first (or use the slash commands while it runs)", file=sys.stderr)
         return 1
+    except ToolError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except DatabaseNotReady as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # Output piped into something that stopped reading (`| head`): nothing more to say.
+        return 0
     except UnknownBackup as exc:
         print(f"error: {exc} See `bot.py backup list`.", file=sys.stderr)
         return 1

@@ -18,8 +18,9 @@ from discord import app_commands
 from discord.ext import commands
 
 from cogs.replies import UserFacingError, send_ephemeral
-from companion.context import clip, rank_recalled
-from storage import memories, sqlite
+from companion import recall
+from companion.context import clip
+from storage import memories, search, sqlite
 from storage.commands import ManualPinLimit, MemoryNotFound, forget_memory, pin_memory, unpin_memory
 from storage.memories import Memory
 from storage.scope import Scope
@@ -33,7 +34,6 @@ T = TypeVar("T")
 
 PAGE_SIZE = 10
 SEARCH_RESULTS = 10
-SEARCH_CANDIDATES = 50
 SNIPPET_CHARS = 110
 QUERY_ECHO_CHARS = 80
 AUTOCOMPLETE_CHOICES = 25
@@ -72,7 +72,10 @@ def memory_line(memory: Memory) -> str:
     if memory.significance is not None:
         significance = f"sig {memory.significance}"
     else:
-        significance = "sig failed" if memory.scoring_gave_up else "sig pending"
+        if not memory.wants_score:
+            significance = "not scored (imported)"
+        else:
+            significance = "sig failed" if memory.scoring_gave_up else "sig pending"
     day = datetime.fromtimestamp(memory.created_at, UTC)
     snippet = escaped_snippet(f"{memory.author_name}: {memory.user_text} → {memory.reply_text}", SNIPPET_CHARS)
     return f"#{memory.id} · {pin} · {significance} · {discord.utils.format_dt(day, 'd')} · {snippet}"
@@ -219,15 +222,15 @@ class MemoryCog(commands.GroupCog, group_name="memory", group_description="See a
     async def search(self, interaction: discord.Interaction, query: SearchQuery) -> None:
         """Search what I remember here, best match first."""
         scope = scope_of(interaction)
-        if not memories.search_terms(query):
+        if not search.query_terms(query):
             raise UserFacingError("Give me a word or two to look for (very common words like 'the' are skipped).")
-        candidates = await memories.search_memories(self.bot.db.reader, scope, query, SEARCH_CANDIDATES)
-        ranked = rank_recalled([(c.memory, c.relevance) for c in candidates], limit=SEARCH_RESULTS)
-        if not ranked:
+        # The turn's own recall, without the turns it brings along: these are the matches themselves.
+        found = await recall.recall(self.bot.db.reader, scope, query, limit=SEARCH_RESULTS, follow_ups=False)
+        if not found:
             await send_ephemeral(interaction, "I don't remember anything here that matches that.")
             return
         header = f"**Best matches for** “{escaped_snippet(query, QUERY_ECHO_CHARS)}”:"
-        await send_ephemeral(interaction, "\n".join([header, *(memory_line(m) for m in ranked)]))
+        await send_ephemeral(interaction, "\n".join([header, *(memory_line(r.memory) for r in found)]))
 
     # changing
 

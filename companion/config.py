@@ -76,7 +76,7 @@ class StorageConfig:
 class MemoryConfig:
     pin_cap: int = 8
     recent_turns: int = 12
-    recall_size: int = 6
+    recall_size: int = 10
     context_budget_tokens: int = 6000
     scoring_concurrency: int = 4
     scoring_rescan_seconds: float = 60.0

@@ -9,11 +9,11 @@ enough for English and errs on the generous side for most other text.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from companion.recall import Recalled
 from storage.memories import Memory
 
 CHARS_PER_TOKEN = 4
@@ -23,10 +23,6 @@ RECENT_TURNS_SHARE = 0.6
 MAX_ITEM_CHARS = 1500
 # The incoming message keeps at most this share of the whole budget.
 MAX_MESSAGE_SHARE = 0.5
-# Weights of the recall boosts (relevance stays the main signal).
-SIGNIFICANCE_BOOST = 0.5
-RECENCY_BOOST = 0.3
-RECENCY_HALF_LIFE_DAYS = 30.0
 
 
 @dataclass(frozen=True)
@@ -41,7 +37,7 @@ class PromptParts:
     system_prompt: str
     message: IncomingMessage
     pinned: Sequence[Memory] = ()
-    recalled: Sequence[Memory] = ()
+    recalled: Sequence[Recalled] = ()
     recent: Sequence[Memory] = ()
     where: str = ""
 
@@ -65,9 +61,11 @@ def clip(text: str, max_chars: int) -> str:
     return text[: max(0, max_chars - 1)].rstrip() + "…"
 
 
-def memory_line(memory: Memory) -> str:
+def memory_line(memory: Memory, *, follow_up: bool = False) -> str:
     day = datetime.fromtimestamp(memory.created_at, UTC).strftime("%Y-%m-%d")
-    return f"- [{day}] " + clip(memory.text, MAX_ITEM_CHARS).replace("\n", " / ")
+    # A turn brought along after a hit reads as what came next in that conversation.
+    marker = "  - (next) " if follow_up else "- "
+    return f"{marker}[{day}] " + clip(memory.text, MAX_ITEM_CHARS).replace("\n", " / ")
 
 
 def build_prompt(parts: PromptParts, budget_tokens: int) -> Prompt:
@@ -95,10 +93,11 @@ def build_prompt(parts: PromptParts, budget_tokens: int) -> Prompt:
     recalled_lines: list[str] = []
     recalled_ids: list[int] = []
     recall_intro = "\n\nMemories that may be relevant:\n"
-    for memory in parts.recalled:
+    for item in parts.recalled:
+        memory = item.memory
         if memory.id in shown:
             continue
-        line = memory_line(memory)
+        line = memory_line(memory, follow_up=item.follows is not None)
         cost = len(line) + 1 + (len(recall_intro) if not recalled_lines else 0)
         if cost > remaining:
             break
@@ -139,27 +138,6 @@ def _fit_recent(recent: Sequence[Memory], max_chars: int) -> tuple[list[dict[str
     messages: list[dict[str, str]] = []
     for memory in chosen:
         messages.append({"role": "user", "content": clip(f"{memory.author_name}: {memory.user_text}", MAX_ITEM_CHARS)})
-        messages.append({"role": "assistant", "content": clip(memory.reply_text, MAX_ITEM_CHARS)})
+        if memory.reply_text:  # an imported message the bot did not answer has no reply
+            messages.append({"role": "assistant", "content": clip(memory.reply_text, MAX_ITEM_CHARS)})
     return messages, [m.id for m in chosen], used
-
-
-def rank_recalled(candidates: Sequence[tuple[Memory, float]], *, now: float | None = None, limit: int) -> list[Memory]:
-    """Order recall candidates by relevance, boosted by significance and recency.
-
-    `candidates` pairs each memory with its text relevance (higher is
-    better). Relevance is normalised to the best candidate; significance
-    (unscored counts as ordinary) and an exponential recency decay multiply it.
-    """
-    if not candidates:
-        return []
-    now = time.time() if now is None else now
-    best = max(relevance for _, relevance in candidates) or 1.0
-    scored = []
-    for memory, relevance in candidates:
-        significance = 1 if memory.significance is None else memory.significance
-        age_days = max(0.0, now - memory.created_at) / 86_400
-        recency = 0.5 ** (age_days / RECENCY_HALF_LIFE_DAYS)
-        boost = 1 + SIGNIFICANCE_BOOST * significance / 3 + RECENCY_BOOST * recency
-        scored.append((relevance / best * boost, memory.id, memory))
-    scored.sort(key=lambda item: (item[0], item[1]), reverse=True)
-    return [memory for _, _, memory in scored[:limit]]

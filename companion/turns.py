@@ -11,21 +11,18 @@ import logging
 import time
 from dataclasses import dataclass
 
+from companion import recall
 from companion.config import Config
-from companion.context import IncomingMessage, Prompt, PromptParts, build_prompt, rank_recalled
+from companion.context import IncomingMessage, Prompt, PromptParts, build_prompt
 from companion.llm import LLMClient, LLMError
+from companion.recall import Recalled
 from storage import memories
 from storage.commands import TurnRecord, write_memory
 from storage.database import Database
+from storage.memories import Memory
 from storage.scope import Scope
 
 log = logging.getLogger(__name__)
-
-# How many FTS candidates are re-ranked per recalled memory wanted.
-RECALL_CANDIDATES_PER_SLOT = 4
-# Recent matches ranked on the reply path: half of /memory search's window,
-# because every turn pays for it.
-RECALL_WINDOW = 100
 
 FAILURE_REPLIES = {
     "timeout": "Sorry, my thoughts timed out just now. Could you try again in a moment?",
@@ -49,6 +46,57 @@ class IncomingTurn:
 
 
 @dataclass(frozen=True)
+class PreparedPrompt:
+    """A turn's prompt, and the memories in it: what `bot.py recall` shows."""
+
+    prompt: Prompt
+    pinned: list[Memory]
+    recent: list[Memory]
+    recalled: list[Recalled]
+
+
+async def prepare_prompt(
+    config: Config, db: Database, turn: IncomingTurn, *, now: float | None = None
+) -> PreparedPrompt:
+    """Gather the pins, the channel's recent turns and the recalled memories, and fit them into the prompt."""
+    memory_config = config.memory
+    reader = db.reader
+    now = time.time() if now is None else now
+    # The search runs on its own reader connection, beside the other two reads; what they
+    # find is set aside from recall afterwards, so the hits leave room for it.
+    pinned, recent, hits = await asyncio.gather(
+        memories.pinned_memories(reader, turn.scope),
+        memories.recent_memories(reader, turn.scope, turn.channel_id, memory_config.recent_turns),
+        recall.find(
+            db.search_reader,
+            turn.scope,
+            turn.text,
+            limit=memory_config.recall_size,
+            room=memory_config.pin_cap + memory_config.recent_turns,
+        ),
+    )
+    shown = {m.id for m in pinned} | {m.id for m in recent}
+    recalled = await recall.choose(reader, turn.scope, hits, limit=memory_config.recall_size, exclude=shown, now=now)
+    parts = PromptParts(
+        persona_name=config.persona.name,
+        system_prompt=config.persona.system_prompt,
+        message=IncomingMessage(turn.author_name, turn.text),
+        pinned=pinned,
+        recalled=recalled,
+        recent=recent,
+        where=turn.where,
+    )
+    prompt = build_prompt(parts, memory_config.context_budget_tokens)
+    in_prompt = set(prompt.pinned_ids) | set(prompt.recent_ids) | set(prompt.recalled_ids)
+    return PreparedPrompt(
+        prompt=prompt,
+        pinned=[m for m in pinned if m.id in in_prompt],
+        recent=[m for m in recent if m.id in in_prompt],
+        recalled=[r for r in recalled if r.memory.id in in_prompt],
+    )
+
+
+@dataclass(frozen=True)
 class Reply:
     text: str
     ok: bool
@@ -65,33 +113,7 @@ class TurnService:
         self.llm = llm
 
     async def build_prompt(self, turn: IncomingTurn) -> Prompt:
-        memory_config = self.config.memory
-        reader = self.db.reader
-        # The search runs on its own reader connection, beside the other two reads.
-        pinned, recent, candidates = await asyncio.gather(
-            memories.pinned_memories(reader, turn.scope),
-            memories.recent_memories(reader, turn.scope, turn.channel_id, memory_config.recent_turns),
-            memories.search_memories(
-                self.db.search_reader,
-                turn.scope,
-                turn.text,
-                memory_config.recall_size * RECALL_CANDIDATES_PER_SLOT,
-                window=RECALL_WINDOW,
-            ),
-        )
-        recalled = rank_recalled(
-            [(c.memory, c.relevance) for c in candidates], now=time.time(), limit=memory_config.recall_size
-        )
-        parts = PromptParts(
-            persona_name=self.config.persona.name,
-            system_prompt=self.config.persona.system_prompt,
-            message=IncomingMessage(turn.author_name, turn.text),
-            pinned=pinned,
-            recalled=recalled,
-            recent=recent,
-            where=turn.where,
-        )
-        return build_prompt(parts, memory_config.context_budget_tokens)
+        return (await prepare_prompt(self.config, self.db, turn)).prompt
 
     async def compose_reply(self, turn: IncomingTurn) -> Reply:
         """The model's answer, or a short friendly failure message (ok=False)."""

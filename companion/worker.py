@@ -263,7 +263,7 @@ class SignificanceWorker:
             memory = await memories.get_memory(reader, scope, memory_id) if scope else None
             if memory is None or memory.significance is not None:
                 return  # forgotten or already scored meanwhile
-            earlier = await memories.memories_before(reader, scope, memory.channel_id, memory_id, MAX_CONTEXT_TURNS)
+            earlier = await memories.memories_before(reader, memory, MAX_CONTEXT_TURNS)
             score = await self.classifier.score(memory, earlier)
             outcome = await record_significance(
                 self.db, memory_id, score.value, model=score.model, pin_cap=self.pin_cap

@@ -4,14 +4,16 @@ appends its events and their projection updates in a single transaction.
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import aiosqlite
 
 from storage import memories
 from storage.database import Database
-from storage.eventlog import append, appender, redact_memory_written
+from storage.eventlog import append, append_many, appender, redact_memory_written
 from storage.events import (
     MemoryForgotten,
     MemoryPinChanged,
@@ -20,6 +22,7 @@ from storage.events import (
     MemoryWritten,
 )
 from storage.scope import Scope
+from storage.sqlite import sqlite3
 
 PIVOTAL = 3
 
@@ -82,6 +85,45 @@ async def write_memory(db: Database, turn: TurnRecord) -> int:
     )
     # The reply path's one write: the whole transaction in one hop to the writer thread.
     return await db.write_alone(appender(event))
+
+
+async def import_memories(db: Database, events: Sequence[MemoryWritten]) -> int:
+    """Remember imported turns in one transaction, except messages already remembered or forgotten.
+
+    Each event names its message (`user_message_id`). Returns how many were
+    new. Importing the same history twice changes nothing, and a forgotten
+    message does not come back.
+    """
+    if not events:
+        return 0
+
+    def write(conn: sqlite3.Connection) -> int:
+        seen = _remembered_messages(conn, events)
+        fresh = []
+        for event in events:
+            key = (event.bot_id, event.user_message_id)
+            if key not in seen:  # also a message twice in one batch
+                seen.add(key)
+                fresh.append(event)
+        append_many(conn, fresh)
+        return len(fresh)
+
+    return await db.write_alone(write)
+
+
+def _remembered_messages(conn: sqlite3.Connection, events: Sequence[MemoryWritten]) -> set[tuple[int, int | None]]:
+    """(bot id, message id) of `events` the log already holds a memory of, live or forgotten."""
+    message_ids = json.dumps(sorted({e.user_message_id for e in events if e.user_message_id is not None}))
+    rows = conn.execute(
+        "SELECT bot_id, user_message_id FROM memories"
+        " WHERE user_message_id IN (SELECT value FROM json_each(?)) AND bot_id IN (SELECT value FROM json_each(?))"
+        " UNION"
+        " SELECT json_extract(payload, '$.bot_id'), json_extract(payload, '$.user_message_id') FROM events"
+        " WHERE kind = 'memory_written' AND json_extract(payload, '$.redacted') IS 1"
+        " AND json_extract(payload, '$.user_message_id') IN (SELECT value FROM json_each(?))",
+        (message_ids, json.dumps(sorted({e.bot_id for e in events})), message_ids),
+    )
+    return {(bot_id, message_id) for bot_id, message_id in rows}
 
 
 async def record_significance(db: Database, memory_id: int, score: int, *, model: str, pin_cap: int) -> ScoringOutcome:

@@ -22,8 +22,8 @@ import aiosqlite
 
 from storage import sqlite
 from storage.connection_thread import run_on_connection
-from storage.rebuild import ensure_projections
-from storage.schema import migrate
+from storage.rebuild import ensure_projections, stale_projections
+from storage.schema import LATEST_VERSION, migrate, schema_version
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +34,17 @@ CHECKPOINT_BUSY_TIMEOUT_MS = 200
 T = TypeVar("T")
 
 
+class DatabaseNotReady(Exception):
+    """The database cannot be read as it is; the message says why and what to do."""
+
+
 class Database:
     """The open database. Create it with `await Database.open(path)`."""
 
     def __init__(
         self,
         path: Path,
-        writer: aiosqlite.Connection,
+        writer: aiosqlite.Connection | None,
         reader: aiosqlite.Connection,
         search_reader: aiosqlite.Connection | None = None,
     ) -> None:
@@ -73,18 +77,49 @@ class Database:
             raise
         return cls(path, *opened)
 
+    @classmethod
+    async def open_for_reading(cls, path: Path | str) -> Database:
+        """Open an existing, up-to-date database for reading only, beside a running bot or not.
+
+        Nothing is migrated or rebuilt (that is the running bot's or the
+        `rebuild` command's job): a database that needs either is refused
+        with DatabaseNotReady.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise DatabaseNotReady(f"no database at {path}")
+        reason = await asyncio.to_thread(_not_ready_reason, path)
+        if reason:
+            raise DatabaseNotReady(f"the database at {path} {reason}")
+        opened: list[aiosqlite.Connection] = []
+        try:
+            for _ in range(2):
+                reader = aiosqlite.Connection(lambda: sqlite.connect(path, query_only=True), ITER_CHUNK_ROWS)
+                opened.append(await reader)
+        except BaseException:
+            for conn in opened:
+                await conn.close()
+            raise
+        return cls(path, None, *opened)
+
+    @property
+    def _writer(self) -> aiosqlite.Connection:
+        if self.writer is None:
+            raise RuntimeError("this database was opened for reading only")
+        return self.writer
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """A write transaction: committed on success, rolled back on any error."""
         async with self._write_lock:
             await self._begin()
             try:
-                yield self.writer
+                yield self._writer
             except BaseException:
                 await asyncio.shield(self._rollback())
                 raise
             try:
-                await asyncio.shield(self.writer.execute("COMMIT"))
+                await asyncio.shield(self._writer.execute("COMMIT"))
             except sqlite.Error:
                 # A failed COMMIT (a full disk, a busy file) may leave the transaction
                 # open, and the next one could not begin.
@@ -97,7 +132,7 @@ class Database:
         The statement still runs on the writer's thread after a cancellation;
         left open, it would make every later transaction fail to begin.
         """
-        begin = asyncio.ensure_future(self.writer.execute("BEGIN IMMEDIATE"))
+        begin = asyncio.ensure_future(self._writer.execute("BEGIN IMMEDIATE"))
         try:
             await asyncio.shield(begin)
         except asyncio.CancelledError:
@@ -127,11 +162,11 @@ class Database:
             return result
 
         async with self._write_lock:
-            return await asyncio.shield(run_on_connection(self.writer, transact))
+            return await asyncio.shield(run_on_connection(self._writer, transact))
 
     async def _rollback(self) -> None:
         try:
-            await self.writer.execute("ROLLBACK")
+            await self._writer.execute("ROLLBACK")
         except sqlite.OperationalError:
             # SQLite already rolled back (e.g. after SQLITE_FULL); nothing to undo.
             pass
@@ -169,12 +204,14 @@ class Database:
             return busy == 0
 
         async with self._write_lock:
-            return await asyncio.shield(run_on_connection(self.writer, truncate))
+            return await asyncio.shield(run_on_connection(self._writer, truncate))
 
     async def close(self) -> None:
         await self.reader.close()
         if self.search_reader is not self.reader:
             await self.search_reader.close()
+        if self.writer is None:
+            return
         async with self._write_lock:
             try:
                 async with self.writer.execute("PRAGMA optimize") as cursor:
@@ -182,6 +219,25 @@ class Database:
             except sqlite.Error:
                 log.debug("PRAGMA optimize failed at close", exc_info=True)
             await self.writer.close()
+
+
+def _not_ready_reason(path: Path) -> str | None:
+    """Why a database cannot be read as it is (its schema or projections lag this code), or None."""
+    conn = sqlite.connect(path, query_only=True)
+    try:
+        conn.execute("BEGIN")  # one consistent view, whatever a running bot writes meanwhile
+        version = schema_version(conn)
+        if version != LATEST_VERSION:
+            return (
+                f"has schema version {version}, and this bot's is {LATEST_VERSION}:"
+                " start the bot once to bring it up to date"
+            )
+        stale = stale_projections(conn)
+        if stale:
+            return f"needs its projections rebuilt ({stale}): start the bot, or run `rebuild` with the bot stopped"
+        return None
+    finally:
+        conn.close()
 
 
 def _migrate_file(path: Path, snapshots_dir: Path | None = None) -> int:

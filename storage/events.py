@@ -15,13 +15,16 @@ from typing import Any, ClassVar
 
 from storage.scope import Scope
 
+SOURCE_CHAT = "chat"
+SOURCE_IMPORT = "import"
+
 
 @dataclass(frozen=True)
 class MemoryWritten:
     """A turn (a user message and the bot's reply) was remembered."""
 
     KIND: ClassVar[str] = "memory_written"
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2
 
     bot_id: int
     scope_kind: str
@@ -35,6 +38,10 @@ class MemoryWritten:
     user_message_id: int | None
     created_at: float
     redacted: bool = False
+    # Where the turn came from: "chat" (the bot answered it) or "import" (a server's history).
+    source: str = SOURCE_CHAT
+    # Whether the classifier should score it; an import does not ask for a model call per message.
+    wants_score: bool = True
 
     @property
     def scope(self) -> Scope:
@@ -108,7 +115,16 @@ EVENT_TYPES: dict[str, type] = {
 
 # (kind, from_version) -> function turning that payload into the next version.
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
-UPCASTERS: dict[tuple[str, int], Upcaster] = {}
+
+
+def _memory_written_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    # Every memory before imports existed came from a chat turn.
+    return {**data, "source": SOURCE_CHAT, "wants_score": True}
+
+
+UPCASTERS: dict[tuple[str, int], Upcaster] = {
+    (MemoryWritten.KIND, 1): _memory_written_v1_to_v2,
+}
 
 
 class UnknownEvent(Exception):

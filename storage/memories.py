@@ -12,18 +12,19 @@ from typing import Any
 
 import aiosqlite
 
-from storage import tokens
 from storage.connection_thread import run_on_connection
 from storage.scope import Scope
 from storage.sqlite import sqlite3
 
 MAX_SCORING_FAILURES = 3
 
-_COLUMNS = (
+# The columns every read of whole memories selects, in `memory_from_row`'s order.
+COLUMNS = (
     "id, bot_id, scope_kind, scope_id, channel_id, author_id, author_name, bot_name,"
     " user_text, reply_text, user_message_id, created_at, significance, scoring_failures,"
-    " pinned, pin_auto"
+    " pinned, pin_auto, source, wants_score"
 )
+_COLUMNS = COLUMNS
 _SCOPE_FILTER = "bot_id = ? AND scope_kind = ? AND scope_id = ?"
 
 
@@ -43,6 +44,8 @@ class Memory:
     scoring_failures: int
     pinned: bool
     pin_auto: bool | None
+    source: str = "chat"
+    wants_score: bool = True
 
     @property
     def text(self) -> str:
@@ -54,17 +57,14 @@ class Memory:
         return self.significance is None and self.scoring_failures >= MAX_SCORING_FAILURES
 
 
-@dataclass(frozen=True)
-class RecalledMemory:
-    memory: Memory
-    relevance: float  # bm25, negated so that higher is better
-
-
 def narrate(author_name: str, user_text: str, bot_name: str, reply_text: str) -> str:
+    if not reply_text:
+        return f"{author_name} said: {user_text}"  # an imported message the bot did not answer
     return f"{author_name} said: {user_text}\n{bot_name} replied: {reply_text}"
 
 
-def _memory(row: tuple) -> Memory:
+def memory_from_row(row: Sequence[Any]) -> Memory:
+    """A Memory from a row of COLUMNS."""
     return Memory(
         id=row[0],
         scope=Scope(row[1], row[2], row[3]),
@@ -80,7 +80,12 @@ def _memory(row: tuple) -> Memory:
         scoring_failures=row[13],
         pinned=bool(row[14]),
         pin_auto=None if row[15] is None else bool(row[15]),
+        source=row[16],
+        wants_score=bool(row[17]),
     )
+
+
+_memory = memory_from_row
 
 
 def _scope_params(scope: Scope) -> tuple[int, str, int]:
@@ -129,12 +134,17 @@ async def pinned_memories(conn: aiosqlite.Connection, scope: Scope) -> list[Memo
 
 
 async def recent_memories(conn: aiosqlite.Connection, scope: Scope, channel_id: int, limit: int) -> list[Memory]:
-    """The channel's last `limit` remembered turns, oldest first."""
+    """The channel's last `limit` remembered turns, oldest first.
+
+    By when they were said, not by when they were remembered: an imported
+    history comes after the live turns in the log, but before them in time.
+    """
     if limit <= 0:
         return []
     rows = await _rows(
         conn,
-        f"SELECT {_COLUMNS} FROM memories WHERE {_SCOPE_FILTER} AND channel_id = ? ORDER BY id DESC LIMIT ?",
+        f"SELECT {_COLUMNS} FROM memories WHERE {_SCOPE_FILTER} AND channel_id = ?"
+        " ORDER BY created_at DESC, id DESC LIMIT ?",
         (*_scope_params(scope), channel_id, limit),
     )
     return [_memory(row) for row in reversed(rows)]
@@ -173,58 +183,19 @@ async def count_memories(conn: aiosqlite.Connection, scope: Scope, *, pinned_onl
     return int(row[0]) if row else 0
 
 
-MAX_QUERY_TERMS = 12
-# Matches ranked per search: the most recent this many matches of any query
-# word. Ranking every match would cost what the scope's size costs (tens
-# of milliseconds in a 200,000-memory guild); a window keeps a search at
-# about a millisecond, and the boosts favour recent memories anyway.
-SEARCH_WINDOW = 200
-
-
-def search_terms(text: str) -> list[str]:
-    """The distinct content words of `text`, longest first, at most MAX_QUERY_TERMS."""
-    seen: dict[str, None] = {}
-    for word in tokens.words(text):
-        if tokens.is_searchable(word):
-            seen.setdefault(word, None)
-    # Longer words tend to be rarer and more telling.
-    return sorted(seen, key=len, reverse=True)[:MAX_QUERY_TERMS]
-
-
-def fts_query(scope: Scope, terms: list[str]) -> str:
-    """An FTS5 query for any of `terms` within the scope.
-
-    The terms are the scope's own index terms (see storage/tokens.py), each
-    quoted, so nothing a user types is parsed as FTS syntax and nothing can
-    match outside the scope.
-    """
-    return " OR ".join(f'"{tokens.scoped_term(scope, term)}"' for term in terms)
-
-
-async def search_memories(
-    conn: aiosqlite.Connection, scope: Scope, text: str, limit: int, *, window: int = SEARCH_WINDOW
-) -> list[RecalledMemory]:
-    """Memories of the scope matching the words of `text`, best BM25 match first.
-
-    Only the `window` most recent matches are ranked (see SEARCH_WINDOW).
-    """
-    terms = search_terms(text)
-    if not terms or limit <= 0:
-        return []
-    # The projection's own scope columns are checked too: the guarantee does
-    # not rest on the index alone.
-    columns = ", ".join("m." + c.strip() for c in _COLUMNS.split(","))
-    sql = (
-        "WITH hits AS ("
-        " SELECT rowid AS id, bm25(memories_fts) AS score FROM memories_fts"
-        " WHERE memories_fts MATCH ? ORDER BY rowid DESC LIMIT ?)"
-        f" SELECT {columns}, hits.score FROM hits JOIN memories AS m ON m.id = hits.id"
-        " WHERE m.bot_id = ? AND m.scope_kind = ? AND m.scope_id = ?"
-        " ORDER BY hits.score LIMIT ?"
+async def next_turns(conn: aiosqlite.Connection, scope: Scope, turns: Sequence[Memory]) -> dict[int, Memory]:
+    """The turn said after each of `turns` in its own channel (or thread), by the id of the turn before it."""
+    if not turns:
+        return {}
+    one = (
+        f"SELECT * FROM (SELECT {_COLUMNS}, ? FROM memories"
+        f" WHERE {_SCOPE_FILTER} AND channel_id = ? AND (created_at, id) > (?, ?) ORDER BY created_at, id LIMIT 1)"
     )
-    params = (fts_query(scope, terms), max(window, limit), *_scope_params(scope), limit)
-    rows = await _rows(conn, sql, params)
-    return [RecalledMemory(_memory(row[:-1]), -row[-1]) for row in rows]
+    params: list[Any] = []
+    for turn in turns:
+        params += [turn.id, *_scope_params(scope), turn.channel_id, turn.created_at, turn.id]
+    rows = await _rows(conn, " UNION ALL ".join([one] * len(turns)), params)
+    return {row[-1]: _memory(row[:-1]) for row in rows}
 
 
 async def memory_scope(conn: aiosqlite.Connection, memory_id: int) -> Scope | None:
@@ -233,14 +204,13 @@ async def memory_scope(conn: aiosqlite.Connection, memory_id: int) -> Scope | No
     return Scope(row[0], row[1], row[2]) if row else None
 
 
-async def memories_before(
-    conn: aiosqlite.Connection, scope: Scope, channel_id: int, before_id: int, limit: int
-) -> list[Memory]:
-    """The channel's turns just before memory `before_id`, oldest first."""
+async def memories_before(conn: aiosqlite.Connection, memory: Memory, limit: int) -> list[Memory]:
+    """The turns said just before `memory` in its channel, oldest first."""
     rows = await _rows(
         conn,
-        f"SELECT {_COLUMNS} FROM memories WHERE {_SCOPE_FILTER} AND channel_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
-        (*_scope_params(scope), channel_id, before_id, limit),
+        f"SELECT {_COLUMNS} FROM memories WHERE {_SCOPE_FILTER} AND channel_id = ? AND (created_at, id) < (?, ?)"
+        " ORDER BY created_at DESC, id DESC LIMIT ?",
+        (*_scope_params(memory.scope), memory.channel_id, memory.created_at, memory.id, limit),
     )
     return [_memory(row) for row in reversed(rows)]
 
@@ -249,13 +219,14 @@ async def unscored_memory_ids(conn: aiosqlite.Connection, *, after_id: int, limi
     """Ids of memories still waiting for a score, oldest first, past `after_id`."""
     rows = await _rows(
         conn,
-        "SELECT id FROM memories WHERE significance IS NULL AND id > ? AND scoring_failures < ? ORDER BY id LIMIT ?",
+        "SELECT id FROM memories"
+        " WHERE significance IS NULL AND wants_score = 1 AND id > ? AND scoring_failures < ? ORDER BY id LIMIT ?",
         (after_id, MAX_SCORING_FAILURES, limit),
     )
     return [row[0] for row in rows]
 
 
 async def count_unscored(conn: aiosqlite.Connection) -> int:
-    sql = "SELECT count(*) FROM memories WHERE significance IS NULL AND scoring_failures < ?"
+    sql = "SELECT count(*) FROM memories WHERE significance IS NULL AND wants_score = 1 AND scoring_failures < ?"
     row = await _first_row(conn, sql, (MAX_SCORING_FAILURES,))
     return int(row[0]) if row else 0

@@ -29,6 +29,7 @@ from storage.events import (
     MemoryWritten,
     payload_of,
 )
+from storage.schema import FTS_COLUMNS
 from storage.scope import Scope
 
 Statement = tuple[str, tuple[Any, ...]]
@@ -51,23 +52,43 @@ MEMORY_COLUMNS = (
     "reply_text",
     "user_message_id",
     "created_at",
+    "source",
+    "wants_score",
     "significance",
     "scoring_failures",
     "pinned",
     "pin_auto",
     "pinned_seq",
-    "search_text",
+    *FTS_COLUMNS,
+    "search_terms",
 )
 COLUMN_INDEX = {name: i for i, name in enumerate(MEMORY_COLUMNS)}
-SEARCH_TEXT = COLUMN_INDEX["search_text"]
+FIRST_SEARCH_COLUMN = COLUMN_INDEX[FTS_COLUMNS[0]]
+SEARCH_TERMS = COLUMN_INDEX["search_terms"]
+_SEARCH_COLUMNS = ", ".join(FTS_COLUMNS)
 
 INSERT_MEMORY = f"INSERT INTO memories ({', '.join(MEMORY_COLUMNS)}) VALUES ({', '.join('?' * len(MEMORY_COLUMNS))})"
-INDEX_MEMORY = "INSERT INTO memories_fts (rowid, search_text) VALUES (?, ?)"
+INDEX_MEMORY = f"INSERT INTO memories_fts (rowid, {_SEARCH_COLUMNS}) VALUES (?{', ?' * len(FTS_COLUMNS)})"
 UNINDEX_MEMORY = (
-    "INSERT INTO memories_fts (memories_fts, rowid, search_text)"
-    " SELECT 'delete', id, search_text FROM memories WHERE id = ?"
+    f"INSERT INTO memories_fts (memories_fts, rowid, {_SEARCH_COLUMNS})"
+    f" SELECT 'delete', id, {_SEARCH_COLUMNS} FROM memories WHERE id = ?"
 )
 DELETE_MEMORY = "DELETE FROM memories WHERE id = ?"
+COUNT_IN_SCOPE = (
+    "INSERT INTO scope_stats (bot_id, scope_kind, scope_id, memories, terms) VALUES (?, ?, ?, 1, ?)"
+    " ON CONFLICT DO UPDATE SET memories = memories + 1, terms = terms + excluded.terms"
+)
+UNCOUNT_IN_SCOPE = (
+    "UPDATE scope_stats SET memories = memories - 1, terms = terms - m.search_terms"
+    " FROM (SELECT bot_id, scope_kind, scope_id, search_terms FROM memories WHERE id = ?) AS m"
+    " WHERE (scope_stats.bot_id, scope_stats.scope_kind, scope_stats.scope_id) = (m.bot_id, m.scope_kind, m.scope_id)"
+)
+# What a rebuild fills scope_stats with, once the memories are in.
+RECOUNT_SCOPES = (
+    "INSERT INTO scope_stats (bot_id, scope_kind, scope_id, memories, terms)"
+    " SELECT bot_id, scope_kind, scope_id, count(*), sum(search_terms) FROM memories"
+    " GROUP BY bot_id, scope_kind, scope_id"
+)
 ADVANCE = "UPDATE projection_state SET last_seq = ? WHERE name = 'memories' AND last_seq < ?"
 
 # How a column changes: SET assigns; SET_IF_NULL assigns only while the
@@ -82,6 +103,10 @@ def new_memory(seq: int, data: dict[str, Any]) -> list[Any] | None:
         # Its text is gone, and a later memory_forgotten removes nothing because nothing is inserted.
         return None
     scope = _scope(data["bot_id"], data["scope_kind"], data["scope_id"])
+    name_terms = tokens.terms(data["author_name"])
+    user_terms = tokens.terms(data["user_text"])
+    reply_terms = tokens.terms(data["reply_text"])
+    prefix = scope.token
     return [
         seq,
         seq,
@@ -96,12 +121,17 @@ def new_memory(seq: int, data: dict[str, Any]) -> list[Any] | None:
         data["reply_text"],
         data["user_message_id"],
         data["created_at"],
+        data["source"],
+        int(data["wants_score"]),
         None,  # significance: not scored yet
         0,  # scoring_failures
         0,  # pinned
         None,  # pin_auto
         None,  # pinned_seq
-        tokens.index_text(scope, data["author_name"], data["user_text"], data["reply_text"]),
+        " ".join(prefix + term for term in name_terms),
+        " ".join(prefix + term for term in user_terms),
+        " ".join(prefix + term for term in reply_terms),
+        len(name_terms) + len(user_terms) + len(reply_terms),
     ]
 
 
@@ -150,7 +180,12 @@ def update_statement(memory_id: int, changes: list[Change]) -> Statement:
 
 def index_entry(row: Sequence[Any]) -> tuple[Any, ...]:
     """The INDEX_MEMORY parameters that put a memories row in the full-text index."""
-    return (row[0], row[SEARCH_TEXT])
+    return (row[0], *row[FIRST_SEARCH_COLUMN : FIRST_SEARCH_COLUMN + len(FTS_COLUMNS)])
+
+
+def scope_count_entry(row: Sequence[Any]) -> tuple[Any, ...]:
+    """The COUNT_IN_SCOPE parameters for a new memories row."""
+    return (row[2], row[3], row[4], row[SEARCH_TERMS])
 
 
 def fold(seq: int, kind: str, data: dict[str, Any], *, index_text: bool = True) -> list[Statement]:
@@ -165,13 +200,14 @@ def fold(seq: int, kind: str, data: dict[str, Any], *, index_text: bool = True) 
         row = new_memory(seq, data)
         if row is None:
             return []
-        statements: list[Statement] = [(INSERT_MEMORY, tuple(row))]
+        statements: list[Statement] = [(INSERT_MEMORY, tuple(row)), (COUNT_IN_SCOPE, scope_count_entry(row))]
         if index_text:
             statements.append((INDEX_MEMORY, index_entry(row)))
         return statements
     memory_id = data["memory_id"]
     if kind == MEMORY_FORGOTTEN:
         statements = [(UNINDEX_MEMORY, (memory_id,))] if index_text else []
+        statements.append((UNCOUNT_IN_SCOPE, (memory_id,)))
         statements.append((DELETE_MEMORY, (memory_id,)))
         return statements
     return [update_statement(memory_id, row_changes(seq, kind, data))]

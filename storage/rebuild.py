@@ -32,6 +32,7 @@ from storage.projections import (
     INSERT_MEMORY,
     MEMORY_FORGOTTEN,
     MEMORY_WRITTEN,
+    RECOUNT_SCOPES,
     Statement,
     advance_to,
     apply_changes,
@@ -128,6 +129,9 @@ def rebuild_on(conn: sqlite.sqlite3.Connection, *, snapshot: SnapshotInfo | None
                 conn.execute(statement)
             if not index_text:
                 fill_fts(conn)
+            # Counted once the rows are in, whatever path they came by.
+            conn.execute("DELETE FROM scope_stats")
+            conn.execute(RECOUNT_SCOPES)
             conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite.OperationalError):  # SQLite may have rolled back already

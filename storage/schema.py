@@ -12,9 +12,19 @@ import time
 from storage.sqlite import sqlite3
 
 # The projection tables, separate from the log so a rebuild can drop and
-# recreate them. The FTS table indexes `search_text` (the memory's words,
-# prefixed with its scope: see storage/tokens.py) through external content;
-# `secure-delete` makes FTS deletes remove the words physically.
+# recreate them.
+#
+# The full-text index covers three fields of a memory: the author's name,
+# what the person said and what the bot replied, each as `search_*` text
+# (its stemmed words, prefixed with the scope's tag: see storage/tokens.py)
+# through external content. Recall ranks with statistics of the scope alone:
+# `memories_vocab` counts the scope's memories holding each term,
+# `scope_stats` keeps each scope's number of memories and of indexed terms,
+# and `memories_lengths` gives a memory's number of indexed terms without
+# reading its row.
+# The index keeps no positions (`detail = none`): recall needs which
+# memories hold a term, nothing more. `secure-delete` makes FTS deletes
+# remove the words physically.
 PROJECTION_DDL = """
 CREATE TABLE memories (
     id INTEGER PRIMARY KEY,
@@ -30,23 +40,39 @@ CREATE TABLE memories (
     reply_text TEXT NOT NULL,
     user_message_id INTEGER,
     created_at REAL NOT NULL,
+    source TEXT NOT NULL,
+    wants_score INTEGER NOT NULL,
     significance INTEGER CHECK (significance BETWEEN 0 AND 3),
     scoring_failures INTEGER NOT NULL DEFAULT 0,
     pinned INTEGER NOT NULL DEFAULT 0,
     pin_auto INTEGER,
     pinned_seq INTEGER,
-    search_text TEXT NOT NULL
+    search_name TEXT NOT NULL,
+    search_user TEXT NOT NULL,
+    search_reply TEXT NOT NULL,
+    search_terms INTEGER NOT NULL
 );
 CREATE INDEX memories_by_scope ON memories (bot_id, scope_kind, scope_id, id);
-CREATE INDEX memories_by_channel ON memories (bot_id, channel_id, id);
+CREATE INDEX memories_by_channel ON memories (bot_id, channel_id, created_at, id);
+CREATE INDEX memories_by_message ON memories (bot_id, user_message_id) WHERE user_message_id IS NOT NULL;
+CREATE INDEX memories_lengths ON memories (id, search_terms);
 CREATE INDEX memories_pinned ON memories (bot_id, scope_kind, scope_id, id) WHERE pinned = 1;
-CREATE INDEX memories_unscored ON memories (id) WHERE significance IS NULL;
+CREATE INDEX memories_unscored ON memories (id) WHERE significance IS NULL AND wants_score = 1;
 CREATE VIRTUAL TABLE memories_fts USING fts5 (
-    search_text,
-    content = 'memories', content_rowid = 'id',
+    search_name, search_user, search_reply,
+    content = 'memories', content_rowid = 'id', detail = none,
     tokenize = 'unicode61 remove_diacritics 2'
 );
 INSERT INTO memories_fts (memories_fts, rank) VALUES ('secure-delete', 1);
+CREATE VIRTUAL TABLE memories_vocab USING fts5vocab (memories_fts, 'row');
+CREATE TABLE scope_stats (
+    bot_id INTEGER NOT NULL,
+    scope_kind TEXT NOT NULL,
+    scope_id INTEGER NOT NULL,
+    memories INTEGER NOT NULL,
+    terms INTEGER NOT NULL,
+    PRIMARY KEY (bot_id, scope_kind, scope_id)
+) WITHOUT ROWID;
 CREATE TABLE projection_state (
     name TEXT PRIMARY KEY,
     last_seq INTEGER NOT NULL
@@ -54,7 +80,10 @@ CREATE TABLE projection_state (
 INSERT INTO projection_state (name, last_seq) VALUES ('memories', 0);
 """
 
-PROJECTION_TABLES = ("memories_fts", "memories", "projection_state")
+# Dropped and recreated by a rebuild, in this order.
+PROJECTION_TABLES = ("memories_vocab", "memories_fts", "scope_stats", "memories", "projection_state")
+# The full-text index's fields: columns of `memories`, and of `memories_fts` in the same order.
+FTS_COLUMNS = ("search_name", "search_user", "search_reply")
 # FTS5 keeps the index itself in these ordinary tables (there is no `_content`: the content is
 # `memories`). A snapshot carries copies of them, so loading one need not re-index every memory.
 FTS_SHADOW_TABLES = ("memories_fts_data", "memories_fts_idx", "memories_fts_docsize", "memories_fts_config")
@@ -82,7 +111,23 @@ BEGIN
 END;
 """
 
-MIGRATIONS: tuple[tuple[int, str, str], ...] = ((1, "event log and memory projections", _V1_LOG + PROJECTION_DDL),)
+# Import skips messages already remembered, forgotten ones too: a forgotten memory's event
+# keeps its message id (its text is gone), and this index finds those few quickly. The bot
+# records its own user id at login, for the command-line tools that need to know it.
+_V2_IMPORT_AND_IDENTITY = """
+CREATE INDEX events_forgotten_messages ON events (json_extract(payload, '$.user_message_id'))
+WHERE kind = 'memory_written' AND json_extract(payload, '$.redacted') IS 1;
+CREATE TABLE bot_identity (
+    bot_id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    logged_in_at REAL NOT NULL
+);
+"""
+
+MIGRATIONS: tuple[tuple[int, str, str], ...] = (
+    (1, "event log and memory projections", _V1_LOG + PROJECTION_DDL),
+    (2, "forgotten message ids and the bot's identity", _V2_IMPORT_AND_IDENTITY),
+)
 
 LATEST_VERSION = MIGRATIONS[-1][0]
 

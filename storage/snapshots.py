@@ -40,7 +40,7 @@ from pathlib import Path
 
 from storage import sqlite
 from storage.files import fsync_path, remove_database_files
-from storage.schema import FTS_SHADOW_TABLES, PROJECTION_DDL, fts_ddl
+from storage.schema import FTS_COLUMNS, FTS_SHADOW_TABLES, PROJECTION_DDL, fts_ddl
 
 log = logging.getLogger(__name__)
 
@@ -500,9 +500,10 @@ def _unindex(conn: sqlite.sqlite3.Connection, ids: str) -> None:
     again anyway, since without it the terms would stay in the index pages.
     """
     conn.execute("INSERT INTO snap.memories_fts (memories_fts, rank) VALUES ('secure-delete', 1)")
+    columns = ", ".join(FTS_COLUMNS)
     conn.execute(
-        "INSERT INTO snap.memories_fts (memories_fts, rowid, search_text)"
-        " SELECT 'delete', id, search_text FROM snap.memories WHERE id IN (SELECT value FROM json_each(?))",
+        f"INSERT INTO snap.memories_fts (memories_fts, rowid, {columns})"
+        f" SELECT 'delete', id, {columns} FROM snap.memories WHERE id IN (SELECT value FROM json_each(?))",
         (ids,),
     )
 

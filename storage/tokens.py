@@ -6,12 +6,19 @@ search touches only that scope's postings, costs what the scope's size
 costs whatever else is stored, and cannot match another scope's memories
 even by mistake. Documents and queries go through the same function here,
 so they always agree on what a word is.
+
+English words are stemmed (Snowball's English stemmer), so "moved" finds
+"move" and "adopting" finds "adopted"; words with other letters or digits
+are kept as they are.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 import unicodedata
+
+import Stemmer
 
 from storage.scope import Scope
 
@@ -61,19 +68,49 @@ def is_searchable(word: str) -> bool:
     return len(word) > 1 and word not in _NOT_SEARCHABLE
 
 
-def scoped_term(scope: Scope, word: str) -> str:
-    return scope.token + word
+# Stems already worked out, shared by every thread; emptied when it grows past this many words.
+STEM_CACHE_WORDS = 200_000
+_stems: dict[str, str] = {}
+# A Snowball stemmer may not be used by two threads at once: each thread gets its own.
+_stemmers = threading.local()
 
 
-def index_text(scope: Scope, *texts: str) -> str:
-    """The text the FTS index stores for a memory: its searchable words, each prefixed with the scope.
+def stem(word: str) -> str:
+    """The English stem of a plain ASCII word (`adopted` -> `adopt`); any other word unchanged."""
+    found = _stems.get(word)
+    if found is not None:
+        return found
+    if word.isascii() and word.isalpha():
+        stemmer = getattr(_stemmers, "english", None)
+        if stemmer is None:
+            stemmer = _stemmers.english = Stemmer.Stemmer("english")
+        found = stemmer.stemWord(word)
+    else:
+        found = word
+    if len(_stems) >= STEM_CACHE_WORDS:
+        _stems.clear()
+    _stems[word] = found
+    return found
+
+
+def terms(text: str) -> list[str]:
+    """The searchable words of `text`, stemmed, in order (repeats kept): what is indexed and searched."""
+    # is_searchable, inlined: this runs for every word of every memory a rebuild replays.
+    get = _stems.get
+    return [get(word) or stem(word) for word in words(text) if len(word) > 1 and word not in _NOT_SEARCHABLE]
+
+
+def scoped_term(scope: Scope, term: str) -> str:
+    return scope.token + term
+
+
+def index_text(scope: Scope, text: str) -> str:
+    """What the FTS index stores for one field of a memory: its terms, each prefixed with the scope.
 
     Only words a search can ask for are indexed: filler words would cost
     index space and write time (about half of chat's words) for nothing.
     """
-    # One pass over all the texts: a space between them ends a word as the end of a text does.
-    # is_searchable, inlined: this runs for every word of every memory a rebuild replays.
-    found = [word for word in words(" ".join(texts)) if len(word) > 1 and word not in _NOT_SEARCHABLE]
+    found = terms(text)
     if not found:
         return ""
     prefix = scope.token

@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from storage import sqlite
+from storage.projections import MEMORY_COLUMNS as ALL_COLUMNS
 from storage.rebuild import rebuild_on
+from storage.schema import FTS_COLUMNS
 
-MEMORY_COLUMNS = (
-    "id, written_seq, bot_id, scope_kind, scope_id, channel_id, author_id, author_name,"
-    " bot_name, user_text, reply_text, user_message_id, created_at, significance, scoring_failures,"
-    " pinned, pin_auto, pinned_seq, search_text"
-)
+MEMORY_COLUMNS = ", ".join(ALL_COLUMNS)
+SEARCH_COLUMNS = " || ' ' || ".join(FTS_COLUMNS)
 
 
 def projection_state(conn: sqlite.sqlite3.Connection) -> dict:
@@ -20,8 +19,15 @@ def projection_state(conn: sqlite.sqlite3.Connection) -> dict:
     # The documents the full-text index holds, what it answers, and a check that it agrees with its content.
     indexed = conn.execute("SELECT id FROM memories_fts_docsize ORDER BY id").fetchall()
     (last_seq,) = conn.execute("SELECT last_seq FROM projection_state WHERE name = 'memories'").fetchone()
+    scopes = conn.execute("SELECT * FROM scope_stats ORDER BY bot_id, scope_kind, scope_id").fetchall()
     fts_integrity_check(conn)
-    return {"memories": memories, "indexed": indexed, "last_seq": last_seq, "answers": index_answers(conn)}
+    return {
+        "memories": memories,
+        "indexed": indexed,
+        "last_seq": last_seq,
+        "answers": index_answers(conn),
+        "scopes": scopes,
+    }
 
 
 def fts_integrity_check(conn: sqlite.sqlite3.Connection, schema: str = "main") -> None:
@@ -35,7 +41,7 @@ def index_answers(conn: sqlite.sqlite3.Connection, schema: str = "main") -> dict
     Two indexes built differently (segments, merges) answer the same when
     they index the same words; each memory is found by each of its terms.
     """
-    rows = conn.execute(f"SELECT id, search_text FROM {schema}.memories").fetchall()
+    rows = conn.execute(f"SELECT id, {SEARCH_COLUMNS} FROM {schema}.memories").fetchall()
     terms = {term for _, text in rows for term in text.split()}
     answers = {
         term: [

@@ -17,6 +17,7 @@ from storage.backups import BackupError, InvalidBackup
 from storage.commands import TurnRecord, write_memory
 from storage.database import Database
 from storage.rebuild import stale_projections
+from storage.schema import LATEST_VERSION
 from storage.scope import Scope
 from tests.projection_check import live_and_rebuilt
 
@@ -54,7 +55,11 @@ async def test_a_backup_is_one_verified_file_named_by_time_and_kind(db, tmp_path
     # A rollback-journal database: one self-contained file.
     assert info.path.read_bytes()[18:20] == b"\x01\x01"
     sidecar = json.loads((backups_dir / f"{info.name}.json").read_text())
-    assert (sidecar["last_event_id"], sidecar["schema_version"], sidecar["size_bytes"]) == (5, 1, info.size_bytes)
+    assert (sidecar["last_event_id"], sidecar["schema_version"], sidecar["size_bytes"]) == (
+        5,
+        LATEST_VERSION,
+        info.size_bytes,
+    )
     [listed] = backups.list_backups(backups_dir)
     assert (listed.kind, listed.taken_at, listed.last_event_id, listed.verified) == ("nightly", T0, 5, True)
     check = backups.verify_backup(info.path)

@@ -11,6 +11,7 @@ from bot import main
 from storage import backups, snapshots, sqlite
 from storage.commands import TurnRecord, write_memory
 from storage.database import Database
+from storage.schema import LATEST_VERSION
 from storage.scope import Scope
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,7 +68,7 @@ def test_backup_now_list_and_verify(setup, capsys):
     assert code == 0 and info.name in out and "✓" in out and "#2" in out
 
     code, out, _ = cli(capsys, "backup", "verify", info.name, "--config", str(config))
-    assert code == 0 and out.strip() == f"{info.name}: ok (schema v1, events up to #2, checksum matches)"
+    assert code == 0 and out.strip() == f"{info.name}: ok (schema v{LATEST_VERSION}, events up to #2, checksum matches)"
     # A file kept elsewhere can be checked by its path.
     code, out, _ = cli(capsys, "backup", "verify", str(info.path), "--config", str(config))
     assert code == 0 and "ok" in out

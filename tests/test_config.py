@@ -38,7 +38,7 @@ def test_repository_config_documents_every_key():
 
 def test_empty_file_gives_defaults_and_data_dir_next_to_file(tmp_path):
     config = load_config(write(tmp_path, ""))
-    assert config.memory.recall_size == 6
+    assert config.memory.recall_size == 10
     assert config.storage.data_dir == tmp_path / "data"
 
 

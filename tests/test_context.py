@@ -3,10 +3,11 @@ from companion.context import (
     IncomingMessage,
     PromptParts,
     build_prompt,
-    rank_recalled,
 )
+from companion.recall import Recalled, rank
 from storage.memories import Memory
 from storage.scope import Scope
+from storage.search import SearchHit
 
 NOW = 1_800_000_000.0
 SCOPE = Scope.for_guild(1, 10)
@@ -40,7 +41,7 @@ def test_prompt_has_persona_pins_recall_turns_and_message_in_order():
     prompt = build_prompt(
         parts(
             pinned=[memory(1, "my birthday is in May")],
-            recalled=[memory(2, "I like tea")],
+            recalled=[Recalled(memory(2, "I like tea"), 1.0)],
             recent=[memory(3, "good morning")],
             where="in #general",
         ),
@@ -62,7 +63,7 @@ def test_prompt_has_persona_pins_recall_turns_and_message_in_order():
 
 def test_budget_is_respected_and_pins_always_survive():
     recent = [memory(i, "chatter " * 50) for i in range(100, 160)]
-    recalled = [memory(i, "recalled " * 50) for i in range(200, 260)]
+    recalled = [Recalled(memory(i, "recalled " * 50), 1.0) for i in range(200, 260)]
     prompt = build_prompt(parts(pinned=[memory(1, "never forget")], recent=recent, recalled=recalled), 1000)
     total_chars = sum(len(m["content"]) for m in prompt.messages)
     assert total_chars <= 1000 * CHARS_PER_TOKEN
@@ -76,7 +77,9 @@ def test_budget_is_respected_and_pins_always_survive():
 def test_recall_skips_what_is_already_shown():
     pinned = [memory(1)]
     recent = [memory(2)]
-    prompt = build_prompt(parts(pinned=pinned, recent=recent, recalled=[memory(1), memory(2), memory(3)]), 2000)
+    prompt = build_prompt(
+        parts(pinned=pinned, recent=recent, recalled=[Recalled(memory(i), 1.0) for i in (1, 2, 3)]), 2000
+    )
     assert prompt.recalled_ids == [3]
 
 
@@ -89,8 +92,8 @@ def test_huge_message_is_clipped_not_dropped():
 def test_ranking_boosts_significance_and_recency():
     old_mundane = memory(1, days_old=300, significance=0)
     new_pivotal = memory(2, days_old=1, significance=3)
-    ranked = rank_recalled([(old_mundane, 1.0), (new_pivotal, 0.9)], now=NOW, limit=2)
-    assert [m.id for m in ranked] == [2, 1]
+    ranked = rank([SearchHit(old_mundane, 1.0), SearchHit(new_pivotal, 0.9)], now=NOW)
+    assert [r.memory.id for r in ranked] == [2, 1]
     # Relevance still dominates a large gap.
-    ranked = rank_recalled([(old_mundane, 1.0), (new_pivotal, 0.2)], now=NOW, limit=2)
-    assert [m.id for m in ranked] == [1, 2]
+    ranked = rank([SearchHit(old_mundane, 1.0), SearchHit(new_pivotal, 0.2)], now=NOW)
+    assert [r.memory.id for r in ranked] == [1, 2]

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from storage import events as events_module
-from storage import memories, sqlite
+from storage import memories, search, sqlite
 from storage.commands import (
     MemoryNotFound,
     TurnRecord,
@@ -116,11 +116,11 @@ async def test_reads_never_cross_scopes(db):
     assert await memories.get_memory(db.reader, GUILD_B, a) is None
     assert await memories.get_memory(db.reader, other_bot, a) is None
     for scope in (GUILD_A, GUILD_B, DM_ALICE):
-        found = await memories.search_memories(db.reader, scope, "pineapple", 10)
+        found = await search.search(db.reader, scope, "pineapple", 10)
         assert [r.memory.scope for r in found] == [scope]
         listed = await memories.list_memories(db.reader, scope)
         assert [m.scope for m in listed] == [scope]
-    assert await memories.search_memories(db.reader, other_bot, "pineapple", 10) == []
+    assert await search.search(db.reader, other_bot, "pineapple", 10) == []
 
 
 @pytest.mark.parametrize(
@@ -129,7 +129,7 @@ async def test_reads_never_cross_scopes(db):
 )
 async def test_search_treats_fts_syntax_as_plain_words(db, query):
     await write_memory(db, turn(GUILD_A, "thing start minus 中文 unbalanced"))
-    results = await memories.search_memories(db.reader, GUILD_A, query, 5)
+    results = await search.search(db.reader, GUILD_A, query, 5)
     assert all(r.memory.scope == GUILD_A for r in results)
 
 
@@ -137,7 +137,7 @@ async def test_search_ranks_the_better_match_first(db):
     await write_memory(db, turn(GUILD_A, "we talked about the weather"))
     best = await write_memory(db, turn(GUILD_A, "my sister Maria is getting married to Tomas in June"))
     await write_memory(db, turn(GUILD_A, "June is hot"))
-    results = await memories.search_memories(db.reader, GUILD_A, "When is Maria's wedding with Tomas?", 5)
+    results = await search.search(db.reader, GUILD_A, "When is Maria's wedding with Tomas?", 5)
     assert results[0].memory.id == best
 
 
@@ -223,7 +223,7 @@ async def test_forget_redacts_the_event_and_removes_the_row(db):
     await record_significance(db, memory_id, 3, model="m", pin_cap=8)
     await forget_memory(db, GUILD_A, memory_id, actor_id=7)
     assert await memories.get_memory(db.reader, GUILD_A, memory_id) is None
-    assert await memories.search_memories(db.reader, GUILD_A, "zanzibarwombat", 5) == []
+    assert await search.search(db.reader, GUILD_A, "zanzibarwombat", 5) == []
     async with db.reader.execute("SELECT kind, payload FROM events WHERE seq = ?", (memory_id,)) as cursor:
         kind, payload = await cursor.fetchone()
     assert kind == "memory_written"
@@ -287,7 +287,7 @@ async def test_append_records_event_kinds_in_order(db):
 async def test_search_ignores_case_and_accents(db):
     memory_id = await write_memory(db, turn(GUILD_A, "Wir trafen uns im Café Größenwahn"))
     for query in ("cafe", "CAFÉ", "grossenwahn", "größenwahn"):
-        found = await memories.search_memories(db.reader, GUILD_A, query, 5)
+        found = await search.search(db.reader, GUILD_A, query, 5)
         assert [r.memory.id for r in found] == [memory_id]
 
 
@@ -295,13 +295,13 @@ async def test_index_terms_of_one_scope_cannot_match_another(db):
     await write_memory(db, turn(GUILD_B, "kumquat"))
     # Even typing another scope's raw index term finds nothing here.
     raw_term = f"{GUILD_B.token}kumquat"
-    assert await memories.search_memories(db.reader, GUILD_A, raw_term, 5) == []
-    assert await memories.search_memories(db.reader, GUILD_A, "kumquat", 5) == []
-    assert len(await memories.search_memories(db.reader, GUILD_B, "kumquat", 5)) == 1
+    assert await search.search(db.reader, GUILD_A, raw_term, 5) == []
+    assert await search.search(db.reader, GUILD_A, "kumquat", 5) == []
+    assert len(await search.search(db.reader, GUILD_B, "kumquat", 5)) == 1
 
 
-def test_search_terms_drop_filler_and_keep_content_words():
-    assert memories.search_terms("Hey, what do you think about my new Telescope?") == ["telescope", "new"]
+def test_query_terms_drop_filler_and_keep_stemmed_content_words():
+    assert search.query_terms("Hey, what do you think about my new Telescopes?") == ["new", "telescop"]
 
 
 @pytest.mark.parametrize("steps", range(5))

@@ -1,0 +1,120 @@
+"""What the bot recalls for a message: the one recall used by the turn, `/memory search` and `bot.py recall`.
+
+Relevance over the scope's whole history decides (storage/search.py);
+significance and recency only boost it. A memory already in the prompt
+(a pin, a recent turn) is not recalled again, so its slot goes to the next
+best. When one of the best hits asked a question, the turn that followed it
+in its channel (usually the answer, which may share none of the message's
+words) is brought along right after it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+import aiosqlite
+
+from storage import memories, search
+from storage.memories import Memory
+from storage.scope import Scope
+from storage.search import SearchHit
+
+# Search hits ranked per memory recalled, so the boosts have some to choose from.
+CANDIDATES_PER_SLOT = 2
+# Weights of the boosts; relevance stays the main signal.
+SIGNIFICANCE_BOOST = 0.5
+RECENCY_BOOST = 0.3
+RECENCY_HALF_LIFE_DAYS = 30.0
+# Only the best few hits bring their next turn along, so the rest keep their slots.
+FOLLOW_UP_HITS = 5
+
+
+@dataclass(frozen=True)
+class Recalled:
+    memory: Memory
+    score: float  # relevance relative to the best hit, times the boosts
+    follows: int | None = None  # set on a turn brought along after the hit with this id
+
+
+async def find(conn: aiosqlite.Connection, scope: Scope, text: str, *, limit: int, room: int = 0) -> list[SearchHit]:
+    """The search hits `choose` picks from: enough for `limit` memories after `room` are set aside."""
+    return await search.search(conn, scope, text, limit * CANDIDATES_PER_SLOT + room)
+
+
+async def choose(
+    conn: aiosqlite.Connection,
+    scope: Scope,
+    hits: Sequence[SearchHit],
+    *,
+    limit: int,
+    exclude: Collection[int] = (),
+    now: float | None = None,
+    follow_ups: bool = True,
+) -> list[Recalled]:
+    """The `limit` memories to recall from `hits`: boosted, without `exclude`, with follow-ups."""
+    ranked = [r for r in rank(hits, now=now) if r.memory.id not in exclude]
+    if not follow_ups:
+        return ranked[:limit]
+    chosen = ranked[:limit]
+    asking = [r.memory for r in chosen[:FOLLOW_UP_HITS] if asked_a_question(r.memory)]
+    if not asking:
+        return chosen
+    following = await memories.next_turns(conn, scope, asking)
+    result: list[Recalled] = []
+    listed: set[int] = set()
+    for item in ranked:
+        if len(result) >= limit:
+            break
+        if item.memory.id in listed:
+            continue  # already brought along after an earlier hit
+        result.append(item)
+        listed.add(item.memory.id)
+        after = following.get(item.memory.id)
+        if after is not None and after.id not in listed and after.id not in exclude and len(result) < limit:
+            result.append(Recalled(after, item.score, follows=item.memory.id))
+            listed.add(after.id)
+    return result
+
+
+async def recall(
+    conn: aiosqlite.Connection,
+    scope: Scope,
+    text: str,
+    *,
+    limit: int,
+    exclude: Collection[int] = (),
+    now: float | None = None,
+    follow_ups: bool = True,
+) -> list[Recalled]:
+    """`find`, then `choose`: the memories recalled for `text`, best first."""
+    hits = await find(conn, scope, text, limit=limit, room=len(exclude))
+    return await choose(conn, scope, hits, limit=limit, exclude=exclude, now=now, follow_ups=follow_ups)
+
+
+def rank(hits: Sequence[SearchHit], *, now: float | None = None) -> list[Recalled]:
+    """Order hits by relevance, boosted by significance and recency.
+
+    Relevance is normalised to the best hit; significance (unscored counts
+    as ordinary) and an exponential recency decay multiply it.
+    """
+    if not hits:
+        return []
+    now = time.time() if now is None else now
+    best = max(hit.relevance for hit in hits) or 1.0
+    scored = []
+    for hit in hits:
+        memory = hit.memory
+        significance = 1 if memory.significance is None else memory.significance
+        age_days = max(0.0, now - memory.created_at) / 86_400
+        recency = 0.5 ** (age_days / RECENCY_HALF_LIFE_DAYS)
+        boost = 1 + SIGNIFICANCE_BOOST * significance / 3 + RECENCY_BOOST * recency
+        scored.append(Recalled(memory, hit.relevance / best * boost))
+    scored.sort(key=lambda r: (r.score, r.memory.id), reverse=True)
+    return scored
+
+
+def asked_a_question(memory: Memory) -> bool:
+    """Whether the turn ended asking something: the person asked, or the bot's reply ends in a question."""
+    return "?" in memory.user_text or memory.reply_text.rstrip().endswith("?")

@@ -73,7 +73,7 @@ async def recall_command(
     texts: str | Iterable[str],
     *,
     as_json: bool,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
 ) -> int:
     """Print what the prompt for each message would hold: a listing or a JSON object for one
     message (`texts` a str), one JSON line per message for many."""
@@ -124,6 +124,8 @@ def memory_item(memory: Memory) -> dict[str, Any]:
         "author_id": memory.author_id,
         "author_name": memory.author_name,
         "text": memory.text,
+        "user_text": memory.user_text,
+        "reply_text": memory.reply_text,
         "significance": memory.significance,
         "pinned": memory.pinned,
         "source": memory.source,
@@ -172,10 +174,11 @@ async def import_command(
     bot_id: int,
     score: bool,
     dm_user_id: int | None = None,
-    out: TextIO = sys.stdout,
-    err: TextIO = sys.stderr,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
 ) -> int:
     """Import each export; a bad file is reported and imports nothing, the others go ahead."""
+    out, err = out or sys.stdout, err or sys.stderr
     progress = Progress(err)
     db = await Database.open(config.storage.database_path, snapshots_dir=config.storage.snapshots_dir)
     failed = 0

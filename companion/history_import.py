@@ -72,6 +72,8 @@ def read_export(
     """Parse and check a whole export; `progress` is told how many messages were read, now and then."""
     try:
         with path.open("rb") as file:
+            if path.stat().st_size == 0:
+                raise ExportError(f"{path}: the file is empty")
             guild = _head(file, path, "guild")
             file.seek(0)
             channel = _head(file, path, "channel")

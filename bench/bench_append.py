@@ -37,11 +37,11 @@ from pathlib import Path
 
 from bench.common import CACHE_DIR, Result, main, median
 from bench.dataset import BOT_ID, BOT_NAME, Dataset, DatasetSpec, load_dataset
-from storage import sqlite, tokens
+from storage import sqlite
 from storage.commands import TurnRecord, write_memory
 from storage.database import Database
-from storage.events import MemoryWritten, encode
-from storage.projections import INSERT_MEMORY
+from storage.events import MemoryWritten, encode, payload_of
+from storage.projections import INDEX_MEMORY, INSERT_MEMORY, index_entry, new_memory
 from storage.schema import migrate
 
 TARGET_RATIO = 0.5
@@ -53,7 +53,6 @@ QUICK_SPEC = DatasetSpec(memories=10_000)
 WORK_DIR = CACHE_DIR / "append-bench-out"
 
 INSERT_EVENT = "INSERT INTO events (kind, version, payload, recorded_at) VALUES (?, ?, ?, ?)"
-INSERT_FTS = "INSERT INTO memories_fts (rowid, search_text) VALUES (?, ?)"
 
 
 @dataclass(frozen=True)
@@ -63,7 +62,7 @@ class PreparedTurn:
     record: TurnRecord
     payload: str
     memory_values: tuple  # the memories row after its two id columns (id and written_seq)
-    search_text: str
+    search_fields: tuple[str, ...]
 
 
 def prepare_turns(dataset: Dataset, count: int, seed: str) -> list[PreparedTurn]:
@@ -97,27 +96,12 @@ def prepare_turns(dataset: Dataset, count: int, seed: str) -> list[PreparedTurn]
             user_message_id=record.user_message_id,
             created_at=record.created_at,
         )
-        search_text = tokens.index_text(record.scope, record.author_name, record.user_text, record.reply_text)
-        values = (
-            BOT_ID,
-            record.scope.kind,
-            record.scope.id,
-            record.channel_id,
-            record.author_id,
-            record.author_name,
-            record.bot_name,
-            record.user_text,
-            record.reply_text,
-            record.user_message_id,
-            record.created_at,
-            None,  # significance
-            0,  # scoring_failures
-            0,  # pinned
-            None,  # pin_auto
-            None,  # pinned_seq
-            search_text,
-        )
-        turns.append(PreparedTurn(record, encode(event)[2], values, search_text))
+        # The memories row the product writes for it (after its two id columns), and its index entry.
+        row = new_memory(0, payload_of(event))
+        assert row is not None
+        values = tuple(row[2:])
+        search_fields = index_entry(row)[1:]
+        turns.append(PreparedTurn(record, encode(event)[2], values, search_fields))
     return turns
 
 
@@ -132,10 +116,11 @@ class Raw:
     def write(self, turn: PreparedTurn) -> None:
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
-        seq = conn.execute(INSERT_EVENT, ("memory_written", 1, turn.payload, time.time())).lastrowid
+        event = (MemoryWritten.KIND, MemoryWritten.VERSION, turn.payload, time.time())
+        seq = conn.execute(INSERT_EVENT, event).lastrowid
         conn.execute(INSERT_MEMORY, (seq, seq, *turn.memory_values))
         if self.fts:
-            conn.execute(INSERT_FTS, (seq, turn.search_text))
+            conn.execute(INDEX_MEMORY, (seq, *turn.search_fields))
         conn.execute("COMMIT")
 
     def close(self) -> None:

@@ -1,8 +1,8 @@
 """/memory search latency over a large store.
 
 1,000,000 memories in 100 scopes, one of them holding 200,000. Each query is
-a fresh chat-like message, run exactly as the command runs it: the FTS5
-window query on the reader connection, then the boosted ranking. Reported
+a fresh chat-like message, run exactly as the command runs it: the
+whole-history search on the reader connection, then the boosted ranking. Reported
 for the heavy scope, a small scope, and queries spread over every scope.
 
     python -m bench.bench_search [--quick]
@@ -18,9 +18,9 @@ import aiosqlite
 
 from bench.common import Result, main, median, percentile
 from bench.dataset import DatasetSpec, load_dataset
-from cogs.memory import SEARCH_CANDIDATES, SEARCH_RESULTS
-from companion.context import rank_recalled
-from storage import memories, sqlite
+from cogs.memory import SEARCH_RESULTS
+from companion import recall
+from storage import sqlite
 from storage.database import ITER_CHUNK_ROWS
 
 TARGET_P99_MS = 20.0
@@ -32,8 +32,7 @@ async def _measure(reader: aiosqlite.Connection, queries: list[tuple]) -> tuple[
     hits = 0
     for scope, text in queries:
         started = time.perf_counter()
-        candidates = await memories.search_memories(reader, scope, text, SEARCH_CANDIDATES)
-        ranked = rank_recalled([(c.memory, c.relevance) for c in candidates], limit=SEARCH_RESULTS)
+        ranked = await recall.recall(reader, scope, text, limit=SEARCH_RESULTS, follow_ups=False)
         latencies.append((time.perf_counter() - started) * 1000)
         hits += bool(ranked)
     return latencies, hits / max(1, len(queries))

@@ -151,6 +151,7 @@ def install_probes(probe: Probe) -> Any:
     from discord.gateway import DiscordWebSocket
     from discord.state import ConnectionState
 
+    import companion.recall
     import companion.turns
     import companion.worker
     from storage import memories
@@ -179,8 +180,8 @@ def install_probes(probe: Probe) -> Any:
 
     memories.pinned_memories = _timed(probe, "pins", memories.pinned_memories)
     memories.recent_memories = _timed(probe, "recent", memories.recent_memories)
-    memories.search_memories = _timed(probe, "search", memories.search_memories)
-    companion.turns.rank_recalled = _timed_sync(probe, "rank", companion.turns.rank_recalled)
+    companion.recall.find = _timed(probe, "search", companion.recall.find)
+    companion.recall.choose = _timed(probe, "rank", companion.recall.choose)
     companion.turns.build_prompt = _timed_sync(probe, "assemble", companion.turns.build_prompt)
 
     record_significance = companion.worker.record_significance

@@ -43,6 +43,11 @@ async def find(conn: aiosqlite.Connection, scope: Scope, text: str, *, limit: in
     return await search.search(conn, scope, text, limit * CANDIDATES_PER_SLOT + room)
 
 
+def crowded_out(hits: Sequence[SearchHit], exclude: Collection[int], *, limit: int) -> bool:
+    """Whether setting `exclude` aside leaves too few of `find`'s hits to fill `limit` (while more may exist)."""
+    return len(hits) >= limit * CANDIDATES_PER_SLOT and sum(hit.memory.id not in exclude for hit in hits) < limit
+
+
 async def choose(
     conn: aiosqlite.Connection,
     scope: Scope,

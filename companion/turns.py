@@ -62,20 +62,18 @@ async def prepare_prompt(
     memory_config = config.memory
     reader = db.reader
     now = time.time() if now is None else now
-    # The search runs on its own reader connection, beside the other two reads; what they
-    # find is set aside from recall afterwards, so the hits leave room for it.
+    # The search runs on its own reader connection, beside the other two reads. What they
+    # find is set aside from recall; the search looks further only if that leaves too little.
     pinned, recent, hits = await asyncio.gather(
         memories.pinned_memories(reader, turn.scope),
         memories.recent_memories(reader, turn.scope, turn.channel_id, memory_config.recent_turns),
-        recall.find(
-            db.search_reader,
-            turn.scope,
-            turn.text,
-            limit=memory_config.recall_size,
-            room=memory_config.pin_cap + memory_config.recent_turns,
-        ),
+        recall.find(db.search_reader, turn.scope, turn.text, limit=memory_config.recall_size),
     )
     shown = {m.id for m in pinned} | {m.id for m in recent}
+    if recall.crowded_out(hits, shown, limit=memory_config.recall_size):
+        hits = await recall.find(
+            db.search_reader, turn.scope, turn.text, limit=memory_config.recall_size, room=len(shown)
+        )
     recalled = await recall.choose(reader, turn.scope, hits, limit=memory_config.recall_size, exclude=shown, now=now)
     parts = PromptParts(
         persona_name=config.persona.name,

@@ -13,14 +13,18 @@ Finding the matches never looks at age. The query's terms are split by
 how many memories hold them:
 
 - the rarest ones, together holding at most POSTINGS_BUDGET memories,
-  have every memory holding them considered (with which common terms
-  each also holds);
-- the rest, the common ones, are words that alone say little: for them
-  the memories holding two of them at once are considered, plus the
-  newest few holding each.
+  have every memory holding them considered, with which of the common
+  terms each also holds;
+- the rest, the common ones (the least common MAX_COMMON_TERMS of them),
+  are words that alone say little: the memories holding two of them at
+  once are considered (the newest PAIR_MATCHES of each pair), and the
+  newest NEWEST_MATCHES holding each.
 
-The best candidates so found are then scored exactly, field by field, from
-their indexed terms. Everything runs in one hop to the connection's thread.
+The candidates are ranked in SQL by the weights of the terms they hold;
+the best SHORTLIST of those by BM25 with their lengths, as if each term
+were there once; and the best RESCORED of those are scored exactly, field
+by field, from their indexed terms. Everything runs in one hop to the
+connection's thread.
 """
 
 from __future__ import annotations
@@ -50,11 +54,13 @@ B = 0.75
 POSTINGS_BUDGET = 2000
 # Common terms considered (the least common first), and how many memories holding two of
 # them at once, or the newest holding one, are looked at.
-MAX_COMMON_TERMS = 4
-PAIR_MATCHES = 50
+MAX_COMMON_TERMS = 3
+PAIR_MATCHES = 30
 NEWEST_MATCHES = 30
-# Candidates whose lengths are looked up, the heaviest by the weight of their terms.
+# Candidates whose lengths are looked up, the heaviest by the weight of their terms; and how
+# many of those, the best by BM25 as if each term were there once, are scored exactly.
 SHORTLIST = 400
+RESCORED = 40
 
 # Counts of memories holding a common term are kept (see `_frequencies`): terms held by at
 # least this many, while the scope's size stays within this share of what it was.
@@ -116,7 +122,7 @@ def search_on(db: sqlite3.Connection, scope: Scope, terms: Sequence[str], limit:
     if not present:
         return []
     weights = {t: _idf(memory_count, frequencies[t]) for t in present}
-    candidates = _candidates(db, present, frequencies, weights, average_length, limit)
+    candidates = _candidates(db, present, frequencies, weights, average_length, max(limit, RESCORED))
     # The candidates' rows, checked against the scope's own columns too: the guarantee does not
     # rest on the index alone. Their indexed terms give each one's exact relevance.
     rows = db.execute(
@@ -130,7 +136,7 @@ def search_on(db: sqlite3.Connection, scope: Scope, terms: Sequence[str], limit:
         for row in rows
     ]
     hits.sort(key=lambda hit: (hit.relevance, hit.memory.id), reverse=True)
-    return hits
+    return hits[:limit]
 
 
 def _frequencies(db: sqlite3.Connection, scoped: list[str], memory_count: int) -> dict[str, int]:

@@ -23,9 +23,9 @@ from companion.history_import import Export, ExportError, read_export
 from companion.recall import Recalled
 from companion.turns import IncomingTurn, PreparedPrompt, prepare_prompt
 from storage import identity, sqlite
-from storage.commands import import_memories
+from storage.commands import TurnRecord, import_memories, memory_written
 from storage.database import Database
-from storage.events import SOURCE_IMPORT, MemoryWritten
+from storage.events import SOURCE_IMPORT
 from storage.memories import Memory
 from storage.scope import Scope
 
@@ -208,18 +208,18 @@ async def _write(db: Database, export: Export, *, bot_name: str, score: bool, pr
     new = 0
     for start in range(0, len(export.turns), IMPORT_BATCH):
         events = [
-            MemoryWritten(
-                bot_id=scope.bot_id,
-                scope_kind=scope.kind,
-                scope_id=scope.id,
-                channel_id=turn.channel_id,
-                author_id=turn.author_id,
-                author_name=turn.author_name,
-                bot_name=bot_name,
-                user_text=turn.text,
-                reply_text=turn.reply_text,
-                user_message_id=turn.message_id,
-                created_at=turn.created_at,
+            memory_written(
+                TurnRecord(
+                    scope=scope,
+                    channel_id=turn.channel_id,
+                    author_id=turn.author_id,
+                    author_name=turn.author_name,
+                    bot_name=bot_name,
+                    user_text=turn.text,
+                    reply_text=turn.reply_text,
+                    user_message_id=turn.message_id,
+                    created_at=turn.created_at,
+                ),
                 source=SOURCE_IMPORT,
                 wants_score=score,
             )

@@ -50,14 +50,15 @@ import aiosqlite
 
 from bench import recall_data
 from bench.common import CACHE_DIR, Result, main, median, percentile
-from bench.dataset import BOT_ID, BOT_NAME, Dataset, DatasetSpec, load_dataset
+from bench.dataset import BOT_NAME, Dataset, DatasetSpec, load_dataset
 from bench.recall_data import Question, RecallSet
 from companion import recall
 from companion.config import Config
 from companion.turns import IncomingTurn, prepare_prompt
 from storage import search, sqlite, tokens
+from storage.commands import TurnRecord, memory_written
 from storage.database import ITER_CHUNK_ROWS, Database
-from storage.events import SOURCE_CHAT, SOURCE_IMPORT, MemoryWritten, encode
+from storage.events import SOURCE_CHAT, SOURCE_IMPORT, encode
 from storage.rebuild import rebuild_on
 from storage.schema import migrate
 from storage.scope import Scope
@@ -149,10 +150,8 @@ def write_recall_set(recall_set: RecallSet, path: Path) -> dict[int, int]:
             ((c, t) for c in recall_set.conversations.values() for t in c.turns), key=lambda ct: ct[1].created_at
         )
         for seq, (conversation, turn) in enumerate(turns, start=1):
-            event = MemoryWritten(
-                bot_id=BOT_ID,
-                scope_kind=conversation.scope.kind,
-                scope_id=conversation.scope.id,
+            record = TurnRecord(
+                scope=conversation.scope,
                 channel_id=turn.channel_id,
                 author_id=turn.author_id,
                 author_name=turn.author_name,
@@ -161,8 +160,8 @@ def write_recall_set(recall_set: RecallSet, path: Path) -> dict[int, int]:
                 reply_text=turn.reply_text,
                 user_message_id=turn.message_id,
                 created_at=turn.created_at,
-                source=SOURCE_CHAT if conversation.bot_replies else SOURCE_IMPORT,
             )
+            event = memory_written(record, source=SOURCE_CHAT if conversation.bot_replies else SOURCE_IMPORT)
             rows.append((seq, *encode(event), turn.created_at))
         conn.execute("BEGIN")
         conn.executemany("INSERT INTO events (seq, kind, version, payload, recorded_at) VALUES (?, ?, ?, ?, ?)", rows)

@@ -15,6 +15,7 @@ from storage import memories
 from storage.database import Database
 from storage.eventlog import append, append_many, appender, redact_memory_written
 from storage.events import (
+    SOURCE_CHAT,
     MemoryForgotten,
     MemoryPinChanged,
     MemorySignificanceFailed,
@@ -68,9 +69,9 @@ class PinOutcome:
     unpinned: tuple[int, ...] = ()
 
 
-async def write_memory(db: Database, turn: TurnRecord) -> int:
-    """Remember an answered turn; returns the new memory's id."""
-    event = MemoryWritten(
+def memory_written(turn: TurnRecord, *, source: str = SOURCE_CHAT, wants_score: bool = True) -> MemoryWritten:
+    """The event that remembers `turn`."""
+    return MemoryWritten(
         bot_id=turn.scope.bot_id,
         scope_kind=turn.scope.kind,
         scope_id=turn.scope.id,
@@ -82,9 +83,15 @@ async def write_memory(db: Database, turn: TurnRecord) -> int:
         reply_text=turn.reply_text,
         user_message_id=turn.user_message_id,
         created_at=turn.created_at,
+        source=source,
+        wants_score=wants_score,
     )
+
+
+async def write_memory(db: Database, turn: TurnRecord) -> int:
+    """Remember an answered turn; returns the new memory's id."""
     # The reply path's one write: the whole transaction in one hop to the writer thread.
-    return await db.write_alone(appender(event))
+    return await db.write_alone(appender(memory_written(turn)))
 
 
 async def import_memories(db: Database, events: Sequence[MemoryWritten]) -> int:

@@ -65,17 +65,7 @@ class Database:
         path.parent.mkdir(parents=True, exist_ok=True)
         version = await asyncio.to_thread(_migrate_file, path, snapshots_dir)
         log.info("database %s open (schema v%s, SQLite %s)", path, version, sqlite.sqlite_version)
-        opened: list[aiosqlite.Connection] = []
-        try:
-            opened.append(await aiosqlite.Connection(lambda: sqlite.connect(path), ITER_CHUNK_ROWS))
-            for _ in range(2):
-                reader = aiosqlite.Connection(lambda: sqlite.connect(path, query_only=True), ITER_CHUNK_ROWS)
-                opened.append(await reader)
-        except BaseException:
-            for conn in opened:
-                await conn.close()
-            raise
-        return cls(path, *opened)
+        return cls(path, *await _connect(path, writer=True))
 
     @classmethod
     async def open_for_reading(cls, path: Path | str) -> Database:
@@ -91,16 +81,7 @@ class Database:
         reason = await asyncio.to_thread(_not_ready_reason, path)
         if reason:
             raise DatabaseNotReady(f"the database at {path} {reason}")
-        opened: list[aiosqlite.Connection] = []
-        try:
-            for _ in range(2):
-                reader = aiosqlite.Connection(lambda: sqlite.connect(path, query_only=True), ITER_CHUNK_ROWS)
-                opened.append(await reader)
-        except BaseException:
-            for conn in opened:
-                await conn.close()
-            raise
-        return cls(path, None, *opened)
+        return cls(path, None, *await _connect(path, writer=False))
 
     @property
     def _writer(self) -> aiosqlite.Connection:
@@ -219,6 +200,21 @@ class Database:
             except sqlite.Error:
                 log.debug("PRAGMA optimize failed at close", exc_info=True)
             await self.writer.close()
+
+
+async def _connect(path: Path, *, writer: bool) -> list[aiosqlite.Connection]:
+    """The writer (if asked for) and the two readers, all closed again if any fails to open."""
+    factories = [lambda: sqlite.connect(path)] if writer else []
+    factories += [lambda: sqlite.connect(path, query_only=True)] * 2
+    opened: list[aiosqlite.Connection] = []
+    try:
+        for factory in factories:
+            opened.append(await aiosqlite.Connection(factory, ITER_CHUNK_ROWS))
+    except BaseException:
+        for conn in opened:
+            await conn.close()
+        raise
+    return opened
 
 
 def _not_ready_reason(path: Path) -> str | None:

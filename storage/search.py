@@ -131,12 +131,9 @@ def search_on(db: sqlite3.Connection, scope: Scope, terms: Sequence[str], limit:
         (json.dumps(candidates), *scope_params),
     ).fetchall()
     width = len(FTS_COLUMNS) + 1
-    hits = [
-        SearchHit(memory_from_row(row[:-width]), _relevance(row[-width:-1], row[-1], weights, average_length))
-        for row in rows
-    ]
-    hits.sort(key=lambda hit: (hit.relevance, hit.memory.id), reverse=True)
-    return hits[:limit]
+    scored = [(_relevance(row[-width:-1], row[-1], weights, average_length), row[0], row) for row in rows]
+    scored.sort(reverse=True)
+    return [SearchHit(memory_from_row(row[:-width]), relevance) for relevance, _, row in scored[:limit]]
 
 
 def _frequencies(db: sqlite3.Connection, scoped: list[str], memory_count: int) -> dict[str, int]:
@@ -204,8 +201,10 @@ def _candidates(
             # Which of the rare terms' memories also hold this common one.
             parts.append(_ALL_MATCHES)
             params += [term, weights[term], f'"{term}" AND ({rare_match})']
-        parts.append(_NEWEST_MATCHES)
-        params += [term, weights[term], _match(term), NEWEST_MATCHES]
+        if spent < count:
+            # Too few memories hold a rare term to fill the candidates: some holding only this one.
+            parts.append(_NEWEST_MATCHES)
+            params += [term, weights[term], _match(term), NEWEST_MATCHES]
     for first, second in combinations(common, 2):
         parts.append(_PAIR_MATCHES)
         params += [f'"{first}" AND "{second}"', PAIR_MATCHES, first, weights[first], second, weights[second]]

@@ -19,8 +19,9 @@ What is measured, inside the bot process, per turn:
 * LLM round trip = the openai SDK call (`LLMClient.complete`), to a fake that
   answers at once: SDK request building, loopback HTTP, the fake's own
   handling, response parsing. Reported apart, with the bot's work excluding it.
-* the prompt building breakdown: pins, recent turns and FTS recall (each an
-  aiosqlite read on the reader connection) and the ranking/assembly.
+* the prompt building breakdown: the pins and recent turns (one read on the
+  reader connection), the whole-history recall (on the search reader, beside
+  it) and the ranking/assembly.
 
 Every stage is wall time on the bot's one event loop: work the loop does
 meanwhile (the typing indicator's POST, started as the turn begins, lands
@@ -178,8 +179,7 @@ def install_probes(probe: Probe) -> Any:
     # Parsers are bound when the client's state is built, so this must precede create_bot.
     ConnectionState.parse_message_create = timed_parse_message_create  # type: ignore[method-assign]
 
-    memories.pinned_memories = _timed(probe, "pins", memories.pinned_memories)
-    memories.recent_memories = _timed(probe, "recent", memories.recent_memories)
+    memories.pinned_and_recent = _timed(probe, "pins", memories.pinned_and_recent)
     companion.recall.find = _timed(probe, "search", companion.recall.find)
     companion.recall.choose = _timed(probe, "rank", companion.recall.choose)
     companion.turns.build_prompt = _timed_sync(probe, "assemble", companion.turns.build_prompt)
@@ -649,7 +649,7 @@ def _turn_figures(run: SizeRun) -> dict[str, list[float]]:
         figures["llm_share"].append(100.0 * llm / total if total else 0.0)
         figures["own"].append(_ms(total - llm))
         figures["own_" + sent.scope].append(_ms(total - llm))
-        for name in ("prompt", "pins", "recent", "search", "rank", "assemble", "remember"):
+        for name in ("prompt", "pins", "search", "rank", "assemble", "remember"):
             duration = _span(turn, name)
             if duration is not None:
                 figures[name].append(_ms(duration))
@@ -702,8 +702,7 @@ def _add_size_rows(result: Result, run: SizeRun) -> dict[str, Any]:
     result.add(f"{label}: bot's own work (turn minus LLM) p99", p("own", "p99"), "ms")
     result.add(f"{label}: prompt building p50", p("prompt", "p50"), "ms")
     result.add(f"{label}: prompt building p99", p("prompt", "p99"), "ms")
-    result.add(f"{label}:   pins read p50", p("pins", "p50"), "ms")
-    result.add(f"{label}:   recent turns read p50", p("recent", "p50"), "ms")
+    result.add(f"{label}:   pins and recent turns read p50", p("pins", "p50"), "ms")
     result.add(f"{label}:   FTS recall p50", p("search", "p50"), "ms")
     result.add(f"{label}:   FTS recall p99", p("search", "p99"), "ms")
     result.add(f"{label}:   FTS recall heavy scope p50", p("search_heavy", "p50"), "ms")

@@ -456,6 +456,45 @@ def generate(seed: int = SEED, *, scale: float = 1.0) -> RecallSet:
     return RecallSet(conversations, questions)
 
 
+def grown(recall_set: RecallSet, key: str, memories: int, seed: int = SEED) -> RecallSet:
+    """The set with conversation `key` grown to `memories` turns by more chatter over the same two years.
+
+    The facts and questions stay; thousands of turns more share their words.
+    """
+    conversation = recall_set.conversations[key]
+    index = [plan.key for plan in PLANS].index(key)
+    rng = random.Random(f"{seed}-{key}-grown")
+    vocabulary = Vocabulary.build(seed)
+    plan = PLANS[index]
+    layout = _layout(conversation, plan, index, rng, vocabulary)
+    chat = ChatText(vocabulary, layout, random.Random(f"{seed}-{key}-grown-chat"))
+    start = HISTORY_END - HISTORY_DAYS * DAY
+    people = list(conversation.people)
+    extra = []
+    for counter in range(memories - len(conversation.turns)):
+        at = rng.uniform(start, HISTORY_END)
+        extra.append(
+            Turn(
+                channel_id=rng.choice(conversation.channel_ids),
+                author_id=(author := rng.choice(people)),
+                author_name=conversation.people[author],
+                user_text=chat.user_message(layout.scopes[0]),
+                reply_text=chat.reply(layout.scopes[0]) if conversation.bot_replies else "",
+                created_at=at,
+                message_id=_snowflake(at, 0x200000 + counter),
+            )
+        )
+    bigger = Conversation(
+        conversation.key,
+        conversation.scope,
+        conversation.channel_ids,
+        conversation.people,
+        conversation.bot_replies,
+        sorted([*conversation.turns, *extra], key=lambda turn: turn.created_at),
+    )
+    return RecallSet({**recall_set.conversations, key: bigger}, recall_set.questions)
+
+
 def _conversation(plan: ConversationPlan, index: int, rng: random.Random) -> Conversation:
     names = rng.sample(PEOPLE, plan.people)
     people = {USER_ID_BASE + 1000 * index + i: name for i, name in enumerate(names)}

@@ -62,11 +62,10 @@ async def prepare_prompt(
     memory_config = config.memory
     reader = db.reader
     now = time.time() if now is None else now
-    # The search runs on its own reader connection, beside the other two reads. What they
-    # find is set aside from recall; the search looks further only if that leaves too little.
-    pinned, recent, hits = await asyncio.gather(
-        memories.pinned_memories(reader, turn.scope),
-        memories.recent_memories(reader, turn.scope, turn.channel_id, memory_config.recent_turns),
+    # The search runs on its own reader connection, beside the pins and recent turns. Those are
+    # set aside from recall; the search looks further only if that leaves too little.
+    (pinned, recent), hits = await asyncio.gather(
+        memories.pinned_and_recent(reader, turn.scope, turn.channel_id, memory_config.recent_turns),
         recall.find(db.search_reader, turn.scope, turn.text, limit=memory_config.recall_size),
     )
     shown = {m.id for m in pinned} | {m.id for m in recent}

@@ -133,6 +133,24 @@ async def pinned_memories(conn: aiosqlite.Connection, scope: Scope) -> list[Memo
     return [_memory(row) for row in rows]
 
 
+async def pinned_and_recent(
+    conn: aiosqlite.Connection, scope: Scope, channel_id: int, recent: int
+) -> tuple[list[Memory], list[Memory]]:
+    """`pinned_memories` and `recent_memories` in one query: what every prompt holds besides recall."""
+    if recent <= 0:
+        return await pinned_memories(conn, scope), []
+    rows = await _rows(
+        conn,
+        f"SELECT *, 1 FROM (SELECT {_COLUMNS} FROM memories WHERE {_SCOPE_FILTER} AND pinned = 1 ORDER BY id)"
+        f" UNION ALL SELECT *, 0 FROM (SELECT {_COLUMNS} FROM memories WHERE {_SCOPE_FILTER} AND channel_id = ?"
+        " ORDER BY created_at DESC, id DESC LIMIT ?)",
+        (*_scope_params(scope), *_scope_params(scope), channel_id, recent),
+    )
+    pinned = [_memory(row[:-1]) for row in rows if row[-1]]
+    newest_first = [_memory(row[:-1]) for row in rows if not row[-1]]
+    return pinned, newest_first[::-1]
+
+
 async def recent_memories(conn: aiosqlite.Connection, scope: Scope, channel_id: int, limit: int) -> list[Memory]:
     """The channel's last `limit` remembered turns, oldest first.
 

@@ -71,11 +71,10 @@ def memory_line(memory: Memory) -> str:
         pin = "not pinned"
     if memory.significance is not None:
         significance = f"sig {memory.significance}"
+    elif not memory.wants_score:
+        significance = "not scored (imported)"
     else:
-        if not memory.wants_score:
-            significance = "not scored (imported)"
-        else:
-            significance = "sig failed" if memory.scoring_gave_up else "sig pending"
+        significance = "sig failed" if memory.scoring_gave_up else "sig pending"
     day = datetime.fromtimestamp(memory.created_at, UTC)
     snippet = escaped_snippet(f"{memory.author_name}: {memory.user_text} → {memory.reply_text}", SNIPPET_CHARS)
     return f"#{memory.id} · {pin} · {significance} · {discord.utils.format_dt(day, 'd')} · {snippet}"

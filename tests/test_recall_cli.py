@@ -181,3 +181,32 @@ async def test_the_bot_records_its_user_id_at_login(harness):
         assert conn.execute("SELECT bot_id, name FROM bot_identity").fetchall() == [(BOT_ID, "Mnemo")]
     finally:
         conn.close()
+
+
+async def test_an_import_beside_the_running_bot_is_recalled_in_its_next_turn(harness, tmp_path):
+    await harness.start_bot()
+    await harness.say(LISTEN_CHANNEL, ALICE, "hello again")
+    config = write_config(tmp_path, harness.discord, harness.llm)
+    history = {
+        "guild": {"id": str(GUILD_A), "name": "Guild A"},
+        "channel": {"id": str(LISTEN_CHANNEL + 1), "type": "GuildTextChat", "name": "archive"},
+        "messages": [
+            {
+                "id": "424242",
+                "type": "Default",
+                "timestamp": "2024-05-01T12:00:00+00:00",
+                "content": "our first meetup was at the Quokka Cafe in Perth",
+                "author": {"id": str(BOB), "name": "bob", "nickname": "Bob", "isBot": False},
+            }
+        ],
+    }
+    export = tmp_path / "archive.json"
+    export.write_text(json.dumps(history), encoding="utf-8")
+    # The bot holds the data folder's lock; an import only appends beside it.
+    code, out, err = await run_cli("import", str(export), "--config", str(config))
+    assert code == 0, err
+    assert "1 new memories in Guild A" in out
+
+    await harness.say(LISTEN_CHANNEL, ALICE, "where was our first meetup?")
+    system = harness.llm.requests_for(CHAT_MODEL)[-1].body["messages"][0]["content"]
+    assert "Bob said: our first meetup was at the Quokka Cafe in Perth" in system

@@ -167,9 +167,9 @@ async def test_recall_pins_and_recent_turns_reach_the_prompt(harness):
         await harness.say(LISTEN_CHANNEL, BOB, f"unrelated chatter number {i}")
     await harness.say(LISTEN_CHANNEL, ALICE, "how is Pepper doing with the thunderstorms?")
     prompt = harness.llm.requests_for(CHAT_MODEL)[-1].body["messages"]
-    system = prompt[0]["content"]
-    assert "Pepper is afraid of thunderstorms" in system
-    recent_users = [m["content"] for m in prompt[1:-1] if m["role"] == "user"]
+    records = prompt[1]["content"]
+    assert records.startswith("<records>") and "my dog Pepper is afraid of thunderstorms" in records
+    recent_users = [m["content"] for m in prompt[2:-1] if m["role"] == "user"]
     assert recent_users == ["Bob: unrelated chatter number 2", "Bob: unrelated chatter number 3"]
 
 

@@ -35,7 +35,7 @@ import pytest
 
 from companion.turns import FAILURE_REPLIES
 from tests.botprocess import BotProcess, query, write_config
-from tests.fakes.llm_server import Answer, Fail, last_user_text
+from tests.fakes.llm_server import Answer, Fail, last_user_text, scored_turn
 from tests.harness import (
     ALICE,
     B_CHANNEL,
@@ -143,7 +143,7 @@ class Load:
         return Answer(f"ack turn {match[1]}", delay=0.0 if self.settling else plan.chat_delay)
 
     def classify(self, body: dict) -> Answer:
-        scored = last_user_text(body).split("TURN TO SCORE:", 1)[-1]
+        scored = scored_turn(body)
         match = TURN_NUMBER.search(scored)
         plan = self.plans.get(int(match[1])) if match else None
         if plan is None:
@@ -286,7 +286,7 @@ def kills_mid_call(lives: list[Life], requests: list, load: Load, delay_field: s
     """How many kills landed while a call to the model was waiting for its (delayed) answer."""
     calls = []
     for request in requests:
-        text = last_user_text(request.body).split("TURN TO SCORE:", 1)[-1]
+        text = scored_turn(request.body) if delay_field == "score_delay" else last_user_text(request.body)
         match = TURN_NUMBER.search(text)
         plan = load.plans.get(int(match[1])) if match else None
         if plan is not None:

@@ -47,9 +47,8 @@ from companion.context import clip
 from companion.operations import RESTORING_REPLY
 from companion.significance import MAX_TURN_CHARS
 from storage import backups, sqlite
-from storage.memories import narrate
 from tests.fakes.discord_server import FakeDiscord
-from tests.fakes.llm_server import Answer
+from tests.fakes.llm_server import Answer, narrated_turn, scored_turn
 from tests.harness import (
     ALICE,
     APP_OWNER,
@@ -108,9 +107,8 @@ class Load:
 
 
 def turn_to_score(body: dict) -> str:
-    """The memory a classifier request is about (the prompt's last part)."""
-    content = body["messages"][-1]["content"]
-    return content.split("TURN TO SCORE:\n", 1)[1]
+    """The memory a classifier request is about."""
+    return scored_turn(body)
 
 
 def score_for(text: str) -> int:
@@ -296,10 +294,10 @@ async def restore_under_load(harness, *, restores: int, seed: int) -> dict:
         )
     )
     assert {i: scores.get(i, 0) for i in ids} == dict.fromkeys(ids, 1), "a memory scored twice or never"
-    for memory_id, author, user_text, bot_name, reply, significance in read(
-        live, "SELECT id, author_name, user_text, bot_name, reply_text, significance FROM db.memories"
+    for memory_id, author, user_text, reply, significance in read(
+        live, "SELECT id, author_name, user_text, reply_text, significance FROM db.memories"
     ):
-        expected = score_for(clip(narrate(author, user_text, bot_name, reply), MAX_TURN_CHARS))
+        expected = score_for(narrated_turn(author, clip(user_text, MAX_TURN_CHARS), clip(reply, MAX_TURN_CHARS)))
         assert significance == expected, f"memory #{memory_id} has another memory's score"
     rescored = sum(r.unscored_in_backup for r in done)
 

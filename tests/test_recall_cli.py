@@ -5,7 +5,7 @@ import json
 import sys
 from datetime import datetime
 
-from companion.context import memory_line
+from companion.context import record_line
 from storage import sqlite
 from storage.commands import pin_memory
 from storage.memories import Memory
@@ -69,7 +69,7 @@ def as_memory(item: dict) -> Memory:
 
 
 def line_of(item: dict, *, follow_up: bool = False) -> str:
-    return memory_line(as_memory(item), follow_up=follow_up)
+    return record_line(as_memory(item), follows=follow_up)
 
 
 async def test_recall_json_is_exactly_what_the_turn_sends_to_the_model(harness, tmp_path):
@@ -89,14 +89,15 @@ async def test_recall_json_is_exactly_what_the_turn_sends_to_the_model(harness, 
     harness.llm.script(CHAT_MODEL, Answer("Pepper! And lovely."))
     await harness.say(LISTEN_CHANNEL, BOB, question)
     sent = harness.llm.requests_for(CHAT_MODEL)[-1].body["messages"]
-    system, *turns, last = sent
+    system, records, *turns, last = sent
+    assert system["role"] == "system" and "Pepper" not in system["content"]
     assert last == {"role": "user", "content": f"Bob: {question}"}
 
-    # Pins and recalled memories: the system message's memory lines, in order, and nothing else.
+    # Pins and recalled memories: the records message's lines, in order, and nothing else.
     expected_lines = [line_of(item) for item in shown["pinned"]]
     expected_lines += [line_of(item, follow_up=item["follows"] is not None) for item in shown["recalled"]]
-    system_lines = [line for line in system["content"].splitlines() if line.lstrip().startswith("- ")]
-    assert system_lines == expected_lines
+    record_lines = [line for line in records["content"].splitlines() if line.startswith("{")]
+    assert record_lines == expected_lines
     assert [item["id"] for item in shown["pinned"]] == [1]
     assert shown["recalled"] and len(shown["recent"]) == 12
     # Recent turns: the conversation before the message, turn by turn.
@@ -208,5 +209,5 @@ async def test_an_import_beside_the_running_bot_is_recalled_in_its_next_turn(har
     assert "1 new memories in Guild A" in out
 
     await harness.say(LISTEN_CHANNEL, ALICE, "where was our first meetup?")
-    system = harness.llm.requests_for(CHAT_MODEL)[-1].body["messages"][0]["content"]
-    assert "Bob said: our first meetup was at the Quokka Cafe in Perth" in system
+    records = harness.llm.requests_for(CHAT_MODEL)[-1].body["messages"][1]["content"]
+    assert '"who": "Bob", "said": "our first meetup was at the Quokka Cafe in Perth"' in records

@@ -7,14 +7,14 @@ import time
 
 from storage import memories
 from storage.commands import pin_memory
-from tests.fakes.llm_server import Answer, Fail, Hang
+from tests.fakes.llm_server import Answer, Fail, Hang, scored_turn
 from tests.harness import ALICE, CHAT_MODEL, CLASSIFIER_MODEL, LISTEN_CHANNEL, SCOPE_A
 from tests.projection_check import live_and_rebuilt
 
 
 def pivotal_when_marked(body):
     """Score 3 for turns that say 'milestone', 0 otherwise."""
-    turn = body["messages"][-1]["content"].split("TURN TO SCORE:", 1)[1]
+    turn = scored_turn(body)
     return Answer(json.dumps({"significance": 3 if "milestone" in turn else 0}))
 
 
@@ -40,8 +40,10 @@ async def test_pivotal_turn_is_pinned_and_reaches_every_later_prompt(harness):
     assert request["response_format"]["type"] == "json_schema"
 
     await harness.say(LISTEN_CHANNEL, ALICE, "what's for dinner")
-    system_prompt = harness.llm.requests_for(CHAT_MODEL)[-1].body["messages"][0]["content"]
-    assert "passed my driving test" in system_prompt
+    system, records = harness.llm.requests_for(CHAT_MODEL)[-1].body["messages"][:2]
+    assert "passed my driving test" not in system["content"]
+    assert "Pinned (always keep these in mind):" in records["content"]
+    assert "passed my driving test" in records["content"]
 
 
 async def test_ten_pivotal_turns_leave_eight_pins_and_the_oldest_go(harness):
@@ -194,7 +196,7 @@ async def test_the_worker_logs_where_scoring_stands_once_a_rescan_period(harness
 
     def classify(body: dict) -> Answer:
         # "first" never gets a usable answer (it is given up after three tries); "second" a score.
-        turn = body["messages"][-1]["content"].split("TURN TO SCORE:")[-1]
+        turn = scored_turn(body)
         return Answer("nonsense" if "Alice said: first" in turn else '{"significance": 1}')
 
     harness.llm.responders[CLASSIFIER_MODEL] = classify

@@ -74,6 +74,17 @@ def last_user_text(body: dict[str, Any]) -> str:
     return ""
 
 
+def scored_turn(body: dict[str, Any]) -> str:
+    """The turn a classifier request asks about, narrated: `Alice said: ...` and the bot's reply."""
+    turn = json.loads(last_user_text(body))["turn_to_score"]
+    return narrated_turn(turn["who"], turn["said"], turn.get("bot_replied", ""))
+
+
+def narrated_turn(who: str, said: str, replied: str) -> str:
+    """What `scored_turn` gives for a turn with these texts (as the classifier got them)."""
+    return f"{who} said: {said}\nbot replied: {replied}" if replied else f"{who} said: {said}"
+
+
 def echo_responder(body: dict[str, Any]) -> Action:
     return Answer(f"I hear you: {last_user_text(body)[:200]}")
 

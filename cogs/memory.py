@@ -241,8 +241,9 @@ class MemoryCog(commands.GroupCog, group_name="memory", group_description="See a
         await self._modifiable(interaction, scope, id)
         # The write may wait behind a checkpoint or a backup's last step: answer within Discord's 3 s.
         await interaction.response.defer(ephemeral=True, thinking=True)
-        pin_cap = self.bot.config.memory.pin_cap
-        # In a server, members pin their own turns only up to the cap; moderators and owners may go beyond.
+        memory_config = self.bot.config.memory
+        # A pin reaches every prompt in the server: a member holds at most their quota of them.
+        # Moderators and owners are not limited.
         limited = interaction.guild_id is not None and not await self._may_change_any(interaction)
         try:
             outcome = await self._change(
@@ -251,14 +252,19 @@ class MemoryCog(commands.GroupCog, group_name="memory", group_description="See a
                     scope,
                     id,
                     actor_id=interaction.user.id,
-                    pin_cap=pin_cap,
-                    manual_pin_limit=pin_cap if limited else None,
+                    pin_cap=memory_config.pin_cap,
+                    member_quota=memory_config.member_pin_quota if limited else None,
                 )
             )
         except ManualPinLimit as exc:
+            if exc.scope_full:
+                raise UserFacingError(
+                    f"There are already {exc.limit} manual pins here, as many as this server keeps. "
+                    "Ask someone with Manage Messages to unpin one first."
+                ) from None
             raise UserFacingError(
-                f"There are already {exc.limit} manual pins here, the most a member can make. "
-                "Unpin one first, or ask someone with Manage Messages to pin it."
+                f"You already hold {exc.limit} pin{'s' if exc.limit != 1 else ''} here, the most a member can. "
+                "Unpin yours first (/memory unpin), or ask someone with Manage Messages to pin this one."
             ) from None
         if not outcome.changed:
             await send_ephemeral(interaction, f"#{id} is already pinned.\n{memory_line(outcome.memory)}")

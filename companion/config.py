@@ -77,6 +77,7 @@ class MemoryConfig:
     pin_cap: int = 8
     recent_turns: int = 12
     recall_size: int = 10
+    member_pin_quota: int = 1
     context_budget_tokens: int = 6000
     scoring_concurrency: int = 4
     scoring_rescan_seconds: float = 60.0
@@ -162,6 +163,7 @@ _BOUNDS: dict[tuple[str, str], tuple[float | None, float | None]] = {
     ("memory", "pin_cap"): (1, 100),
     ("memory", "recent_turns"): (0, 200),
     ("memory", "recall_size"): (0, 100),
+    ("memory", "member_pin_quota"): (0, 1000),
     ("memory", "context_budget_tokens"): (500, 1_000_000),
     ("memory", "scoring_concurrency"): (1, 64),
     ("memory", "scoring_rescan_seconds"): (1, 86_400),

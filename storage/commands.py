@@ -33,11 +33,12 @@ class MemoryNotFound(Exception):
 
 
 class ManualPinLimit(Exception):
-    """The scope already holds as many manual pins as this person may make."""
+    """This person may pin no more here: they hold their quota, or manual pins fill the scope's cap."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, scope_full: bool = False) -> None:
         super().__init__(f"{limit} manual pins already")
         self.limit = limit
+        self.scope_full = scope_full
 
 
 @dataclass(frozen=True)
@@ -163,21 +164,24 @@ async def record_scoring_failure(db: Database, memory_id: int, reason: str) -> b
 
 
 async def pin_memory(
-    db: Database, scope: Scope, memory_id: int, *, actor_id: int, pin_cap: int, manual_pin_limit: int | None = None
+    db: Database, scope: Scope, memory_id: int, *, actor_id: int, pin_cap: int, member_quota: int | None = None
 ) -> PinOutcome:
     """Pin by hand. A manual pin is never evicted; it may push out the oldest auto-pin.
 
-    With `manual_pin_limit`, refuse (ManualPinLimit) when the scope already
-    holds that many manual pins.
+    With `member_quota` (a member, not a moderator), refuse (ManualPinLimit)
+    when the actor already holds that many manual pins in the scope, or when
+    manual pins already fill its cap.
     """
     async with db.transaction() as tx:
         memory = await _scoped_memory(tx, scope, memory_id)
         if memory.pinned and not memory.pin_auto:
             return PinOutcome(changed=False, memory=memory)
-        if manual_pin_limit is not None:
-            pinned_count, auto_ids = await _pin_census(tx, scope)
-            if pinned_count - len(auto_ids) >= manual_pin_limit:
-                raise ManualPinLimit(manual_pin_limit)
+        if member_quota is not None:
+            pins = await _pin_census(tx, scope)
+            if sum(pin.by == actor_id for pin in pins) >= member_quota:
+                raise ManualPinLimit(member_quota)
+            if sum(not pin.auto for pin in pins) >= pin_cap:
+                raise ManualPinLimit(pin_cap, scope_full=True)
         await append(tx, MemoryPinChanged(memory_id, pinned=True, auto=False, actor_id=actor_id, reason="manual"))
         unpinned = await _evict_over_cap(tx, scope, pin_cap, protect=memory_id)
         return PinOutcome(changed=True, memory=await _scoped_memory(tx, scope, memory_id), unpinned=unpinned)
@@ -202,23 +206,27 @@ async def forget_memory(db: Database, scope: Scope, memory_id: int, *, actor_id:
 
 
 async def _auto_pin(tx: aiosqlite.Connection, memory_id: int, pin_cap: int) -> tuple[bool, tuple[int, ...]]:
-    row = await _fetch_one(tx, "SELECT bot_id, scope_kind, scope_id, pinned FROM memories WHERE id = ?", (memory_id,))
+    row = await _fetch_one(
+        tx, "SELECT bot_id, scope_kind, scope_id, pinned, author_id FROM memories WHERE id = ?", (memory_id,)
+    )
     if row is None or row[3]:
         return False, ()
     scope = Scope(row[0], row[1], row[2])
-    pinned_count, auto_ids = await _pin_census(tx, scope)
-    # The candidate competes with the existing auto-pins: while the scope
-    # would be over the cap, the oldest auto-pinned memory yields, and that
-    # may be the candidate itself (always so if manual pins fill the cap).
-    contenders = sorted([*auto_ids, memory_id])
-    excess = max(0, pinned_count + 1 - pin_cap)
-    yielding = contenders[: min(excess, len(contenders))]
-    if memory_id in yielding:
-        evicted = tuple(i for i in yielding if i != memory_id)
-        pinned = False
-    else:
-        evicted = tuple(yielding)
-        pinned = True
+    pins = await _pin_census(tx, scope)
+    # One author's turns hold at most half the cap's auto-pins: past that, their own oldest
+    # auto-pin yields first, so one person's big news cannot push out everyone else's.
+    own = sorted([pin.id for pin in pins if pin.auto and pin.author_id == row[4]] + [memory_id])
+    yielding = own[: max(0, len(own) - author_share(pin_cap))]
+    # Then the candidate competes with the remaining auto-pins: while the scope would be
+    # over the cap, the oldest auto-pinned memory yields, and that may be the candidate
+    # itself (always so if manual pins fill the cap).
+    remaining = [pin for pin in pins if pin.id not in yielding]
+    contenders = sorted([pin.id for pin in remaining if pin.auto] + [memory_id])
+    excess = max(0, len(remaining) + 1 - pin_cap)
+    if memory_id not in yielding:
+        yielding += contenders[: min(excess, len(contenders))]
+    pinned = memory_id not in yielding
+    evicted = tuple(i for i in yielding if i != memory_id)
     for evicted_id in evicted:
         await append(tx, MemoryPinChanged(evicted_id, pinned=False, auto=True, reason="over pin cap"))
     if pinned:
@@ -226,23 +234,37 @@ async def _auto_pin(tx: aiosqlite.Connection, memory_id: int, pin_cap: int) -> t
     return pinned, evicted
 
 
+def author_share(pin_cap: int) -> int:
+    """The most auto-pins one author's turns may hold in a scope: half the cap."""
+    return max(1, pin_cap // 2)
+
+
 async def _evict_over_cap(tx: aiosqlite.Connection, scope: Scope, pin_cap: int, *, protect: int) -> tuple[int, ...]:
-    pinned_count, auto_ids = await _pin_census(tx, scope)
-    excess = max(0, pinned_count - pin_cap)
-    evicted = tuple(i for i in sorted(auto_ids) if i != protect)[:excess]
+    pins = await _pin_census(tx, scope)
+    excess = max(0, len(pins) - pin_cap)
+    evicted = tuple(i for i in sorted(pin.id for pin in pins if pin.auto) if i != protect)[:excess]
     for evicted_id in evicted:
         await append(tx, MemoryPinChanged(evicted_id, pinned=False, auto=True, reason="over pin cap"))
     return evicted
 
 
-async def _pin_census(tx: aiosqlite.Connection, scope: Scope) -> tuple[int, list[int]]:
-    """How many memories of the scope are pinned, and which of them automatically."""
+@dataclass(frozen=True)
+class _Pin:
+    id: int
+    auto: bool
+    by: int | None  # who pinned it by hand
+    author_id: int
+
+
+async def _pin_census(tx: aiosqlite.Connection, scope: Scope) -> list[_Pin]:
+    """The scope's pinned memories."""
     async with tx.execute(
-        "SELECT id, pin_auto FROM memories WHERE bot_id = ? AND scope_kind = ? AND scope_id = ? AND pinned = 1",
+        "SELECT id, pin_auto, pinned_by, author_id FROM memories"
+        " WHERE bot_id = ? AND scope_kind = ? AND scope_id = ? AND pinned = 1",
         (scope.bot_id, scope.kind, scope.id),
     ) as cursor:
         rows = await cursor.fetchall()
-    return len(rows), [row[0] for row in rows if row[1]]
+    return [_Pin(row[0], bool(row[1]), row[2], row[3]) for row in rows]
 
 
 async def _scoped_memory(tx: aiosqlite.Connection, scope: Scope, memory_id: int) -> memories.Memory:

@@ -59,6 +59,7 @@ MEMORY_COLUMNS = (
     "pinned",
     "pin_auto",
     "pinned_seq",
+    "pinned_by",
     *FTS_COLUMNS,
     "search_terms",
 )
@@ -128,6 +129,7 @@ def new_memory(seq: int, data: dict[str, Any]) -> list[Any] | None:
         0,  # pinned
         None,  # pin_auto
         None,  # pinned_seq
+        None,  # pinned_by
         " ".join(prefix + term for term in name_terms),
         " ".join(prefix + term for term in user_terms),
         " ".join(prefix + term for term in reply_terms),
@@ -143,8 +145,14 @@ def row_changes(seq: int, kind: str, data: dict[str, Any]) -> list[Change]:
         return [("scoring_failures", ADD, 1)]
     if kind == MemoryPinChanged.KIND:
         if data["pinned"]:
-            return [("pinned", SET, 1), ("pin_auto", SET, int(data["auto"])), ("pinned_seq", SET, seq)]
-        return [("pinned", SET, 0), ("pin_auto", SET, None), ("pinned_seq", SET, None)]
+            by = None if data["auto"] else data["actor_id"]
+            return [
+                ("pinned", SET, 1),
+                ("pin_auto", SET, int(data["auto"])),
+                ("pinned_seq", SET, seq),
+                ("pinned_by", SET, by),
+            ]
+        return [("pinned", SET, 0), ("pin_auto", SET, None), ("pinned_seq", SET, None), ("pinned_by", SET, None)]
     raise TypeError(f"no projection for {kind}")
 
 

@@ -47,6 +47,7 @@ CREATE TABLE memories (
     pinned INTEGER NOT NULL DEFAULT 0,
     pin_auto INTEGER,
     pinned_seq INTEGER,
+    pinned_by INTEGER,
     search_name TEXT NOT NULL,
     search_user TEXT NOT NULL,
     search_reply TEXT NOT NULL,

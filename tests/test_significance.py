@@ -8,7 +8,7 @@ import time
 from storage import memories
 from storage.commands import pin_memory
 from tests.fakes.llm_server import Answer, Fail, Hang, scored_turn
-from tests.harness import ALICE, CHAT_MODEL, CLASSIFIER_MODEL, LISTEN_CHANNEL, SCOPE_A
+from tests.harness import ALICE, BOB, CAROL, CHAT_MODEL, CLASSIFIER_MODEL, LISTEN_CHANNEL, SCOPE_A
 from tests.projection_check import live_and_rebuilt
 
 
@@ -50,7 +50,8 @@ async def test_ten_pivotal_turns_leave_eight_pins_and_the_oldest_go(harness):
     harness.llm.responders[CLASSIFIER_MODEL] = pivotal_when_marked
     bot = await harness.start_bot()
     for i in range(10):
-        await harness.say(LISTEN_CHANNEL, ALICE, f"milestone number {i}")
+        # Three people's news: one person's alone may hold only half the auto-pins.
+        await harness.say(LISTEN_CHANNEL, (ALICE, BOB, CAROL)[i % 3], f"milestone number {i}")
     await harness.wait_for_memories(10)
     await harness.wait_until_scored()
     all_ids = [m.id for m in reversed(await memories.list_memories(bot.db.reader, SCOPE_A, limit=20))]
@@ -70,7 +71,7 @@ async def test_manual_pin_survives_auto_pin_pressure(harness):
 
     harness.llm.responders[CLASSIFIER_MODEL] = pivotal_when_marked
     for i in range(10):
-        await harness.say(LISTEN_CHANNEL, ALICE, f"milestone {i}")
+        await harness.say(LISTEN_CHANNEL, (ALICE, BOB, CAROL)[i % 3], f"milestone {i}")
     await harness.wait_for_memories(11)
     await harness.wait_until_scored()
     pinned = await memories.pinned_memories(bot.db.reader, SCOPE_A)

@@ -158,7 +158,7 @@ async def test_scoring_failure_never_invents_a_score(db):
 
 
 async def test_pivotal_score_pins_and_the_oldest_auto_pin_yields(db):
-    ids = [await write_memory(db, turn(GUILD_A, f"milestone {i}")) for i in range(10)]
+    ids = [await write_memory(db, turn(GUILD_A, f"milestone {i}", author_id=i)) for i in range(10)]
     for memory_id in ids:
         await record_significance(db, memory_id, 3, model="m", pin_cap=8)
     pinned = await memories.pinned_memories(db.reader, GUILD_A)
@@ -167,14 +167,14 @@ async def test_pivotal_score_pins_and_the_oldest_auto_pin_yields(db):
 
 
 async def test_auto_pins_keep_the_newest_whatever_the_scoring_order(db):
-    ids = [await write_memory(db, turn(GUILD_A, f"milestone {i}")) for i in range(10)]
+    ids = [await write_memory(db, turn(GUILD_A, f"milestone {i}", author_id=i)) for i in range(10)]
     for memory_id in reversed(ids):
         await record_significance(db, memory_id, 3, model="m", pin_cap=8)
     assert [m.id for m in await memories.pinned_memories(db.reader, GUILD_A)] == ids[2:]
 
 
 async def test_manual_pins_are_never_evicted_and_new_auto_pin_yields_when_they_fill_the_cap(db):
-    ids = [await write_memory(db, turn(GUILD_A, f"note {i}")) for i in range(12)]
+    ids = [await write_memory(db, turn(GUILD_A, f"note {i}", author_id=i)) for i in range(12)]
     manual = ids[:3]
     for memory_id in manual:
         await pin_memory(db, GUILD_A, memory_id, actor_id=7, pin_cap=3)
@@ -190,7 +190,7 @@ async def test_manual_pins_are_never_evicted_and_new_auto_pin_yields_when_they_f
 
 
 async def test_manual_pin_over_the_cap_pushes_out_the_oldest_auto_pin(db):
-    ids = [await write_memory(db, turn(GUILD_A, f"note {i}")) for i in range(4)]
+    ids = [await write_memory(db, turn(GUILD_A, f"note {i}", author_id=i)) for i in range(4)]
     await record_significance(db, ids[0], 3, model="m", pin_cap=2)
     await record_significance(db, ids[1], 3, model="m", pin_cap=2)
     outcome = await pin_memory(db, GUILD_A, ids[3], actor_id=7, pin_cap=2)
@@ -198,9 +198,23 @@ async def test_manual_pin_over_the_cap_pushes_out_the_oldest_auto_pin(db):
     assert [m.id for m in await memories.pinned_memories(db.reader, GUILD_A)] == [ids[1], ids[3]]
 
 
+async def test_one_authors_pivotal_turns_hold_at_most_half_the_auto_pins(db):
+    others = [await write_memory(db, turn(GUILD_A, f"someone's news {i}", author_id=100 + i)) for i in range(4)]
+    mine = [await write_memory(db, turn(GUILD_A, f"my news {i}", author_id=7)) for i in range(6)]
+    for memory_id in others + mine[1:]:
+        await record_significance(db, memory_id, 3, model="m", pin_cap=8)
+    pinned = [m.id for m in await memories.pinned_memories(db.reader, GUILD_A)]
+    # The author's own oldest auto-pin yielded to their newer ones; nobody else's did.
+    assert pinned == [*others, *mine[2:]]
+    # Their oldest turn, scored late, does not push out any of their newer pins.
+    outcome = await record_significance(db, mine[0], 3, model="m", pin_cap=8)
+    assert outcome.recorded and not outcome.pinned and outcome.unpinned == ()
+    assert [m.id for m in await memories.pinned_memories(db.reader, GUILD_A)] == pinned
+
+
 async def test_pins_are_per_scope(db):
-    a = [await write_memory(db, turn(GUILD_A, f"a {i}")) for i in range(3)]
-    b = [await write_memory(db, turn(GUILD_B, f"b {i}")) for i in range(3)]
+    a = [await write_memory(db, turn(GUILD_A, f"a {i}", author_id=i)) for i in range(3)]
+    b = [await write_memory(db, turn(GUILD_B, f"b {i}", author_id=i)) for i in range(3)]
     for memory_id in a + b:
         await record_significance(db, memory_id, 3, model="m", pin_cap=2)
     assert [m.id for m in await memories.pinned_memories(db.reader, GUILD_A)] == a[1:]

@@ -17,6 +17,7 @@ import gc
 import hashlib
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -42,6 +43,7 @@ from storage import backups, identity, sqlite
 from storage.backups import BackupError, UnknownBackup
 from storage.database import Database, DatabaseNotReady
 from storage.datadir_lock import DataDirInUse, DataDirLock
+from storage.files import PRIVATE_UMASK, make_private
 from storage.rebuild import rebuild_projections
 from storage.schema import SchemaTooNew
 from storage.scope import Scope
@@ -283,6 +285,9 @@ async def create_bot(config: Config, **client_options: Any) -> CompanionBot:
 async def run_bot(config: Config) -> int:
     token = config.discord_token()
     with DataDirLock(config.storage.data_dir).acquire("the bot"):
+        fixed = make_private(config.storage.data_dir)
+        if fixed:
+            log.info("made %d files and folders in %s private to this user", fixed, config.storage.data_dir)
         return await _run_bot(config, token)
 
 
@@ -467,6 +472,8 @@ def cmd_import(config: Config, args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Whatever this process creates (the database, its WAL, backups, snapshots) is the bot user's alone.
+    os.umask(PRIVATE_UMASK)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")

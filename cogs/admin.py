@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -32,12 +33,20 @@ MESSAGE_LIMIT = 2000
 
 
 class ConfirmRestore(discord.ui.View):
-    """Restore or Cancel, answerable only by the owner who asked; `value` is None after a timeout."""
+    """Restore or Cancel, answerable only by the owner who asked; `value` is None after a timeout.
 
-    def __init__(self, owner_id: int, backup_name: str) -> None:
+    When Restore is pressed, `recheck` runs again (the presser may no longer be
+    an owner, or another restore may have begun): what it returns is why the
+    restore may not go ahead, or None.
+    """
+
+    def __init__(
+        self, owner_id: int, backup_name: str, recheck: Callable[[discord.Interaction], Awaitable[str | None]]
+    ) -> None:
         super().__init__(timeout=CONFIRM_TIMEOUT_SECONDS)
         self.owner_id = owner_id
         self.backup_name = backup_name
+        self.recheck = recheck
         self.value: bool | None = None
         self.message: discord.InteractionMessage | None = None
 
@@ -49,6 +58,12 @@ class ConfirmRestore(discord.ui.View):
 
     @discord.ui.button(label="Restore", style=discord.ButtonStyle.danger, custom_id="backup:restore:confirm")
     async def confirm(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        refused = await self.recheck(interaction)
+        if refused:
+            self.value = False
+            await interaction.response.edit_message(content=f"Nothing was restored: {refused}", view=None)
+            self.stop()
+            return
         self.value = True
         await interaction.response.edit_message(content=f"Restoring `{self.backup_name}`…", view=None)
         self.stop()
@@ -113,7 +128,15 @@ class BackupCommands(commands.GroupCog, group_name="backup", group_description="
             backup = await self.bot.operations.find_backup(name)
         except UnknownBackup:
             raise UserFacingError(f"No backup named {name}. Use /backup list.") from None
-        view = ConfirmRestore(interaction.user.id, backup.name)
+
+        async def still_allowed(pressed: discord.Interaction) -> str | None:
+            if not await self.bot.is_owner_id(pressed.user.id):
+                return "you are no longer one of the bot's owners."
+            if self.bot.paused_reason:
+                return "a restore is already under way."
+            return None
+
+        view = ConfirmRestore(interaction.user.id, backup.name, still_allowed)
         await interaction.response.send_message(_confirm_text(backup), view=view, ephemeral=True)
         view.message = await interaction.original_response()
         await view.wait()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TypeVar
 
@@ -162,12 +162,19 @@ class MemoryPages(discord.ui.View):
 
 
 class ConfirmForget(discord.ui.View):
-    """Forget or Cancel; `value` is True, False, or None if it timed out."""
+    """Forget or Cancel; `value` is True, False, or None if it timed out.
 
-    def __init__(self, owner_id: int) -> None:
+    `recheck` runs again when Forget is pressed (the moderator may have lost
+    Manage Messages meanwhile, or a restore begun): it returns why the forget
+    may no longer go ahead, kept in `refused`, or None.
+    """
+
+    def __init__(self, owner_id: int, recheck: Callable[[discord.Interaction], Awaitable[str | None]]) -> None:
         super().__init__(timeout=VIEW_TIMEOUT_SECONDS)
         self.owner_id = owner_id
+        self.recheck = recheck
         self.value: bool | None = None
+        self.refused: str | None = None
         self.pressed: discord.Interaction | None = None
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
@@ -175,7 +182,8 @@ class ConfirmForget(discord.ui.View):
 
     @discord.ui.button(label="Forget it", style=discord.ButtonStyle.danger, custom_id="memory:forget:confirm")
     async def confirm(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
-        await self._finish(interaction, True)
+        self.refused = await self.recheck(interaction)
+        await self._finish(interaction, self.refused is None)
 
     @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary, custom_id="memory:forget:cancel")
     async def cancel(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
@@ -294,7 +302,15 @@ class MemoryCog(commands.GroupCog, group_name="memory", group_description="See a
         """Forget a memory for good: its text is erased from my memory, search and snapshots."""
         scope = scope_of(interaction)
         memory = await self._modifiable(interaction, scope, id)
-        view = ConfirmForget(interaction.user.id)
+
+        async def still_allowed(pressed: discord.Interaction) -> str | None:
+            try:
+                await self._modifiable(pressed, scope, id)
+            except UserFacingError as exc:
+                return str(exc)
+            return None
+
+        view = ConfirmForget(interaction.user.id, still_allowed)
         await send_ephemeral(
             interaction,
             f"Forget this memory for good? This can't be undone.\n{memory_line(memory)}",
@@ -303,6 +319,8 @@ class MemoryCog(commands.GroupCog, group_name="memory", group_description="See a
         timed_out = await view.wait()
         if timed_out or not view.value:
             note = "Nothing was forgotten." if not timed_out else "No answer, so nothing was forgotten."
+            if view.refused:
+                note = f"Nothing was forgotten: {view.refused}"
             await interaction.edit_original_response(content=f"{note}\n{memory_line(memory)}", view=None)
             return
         try:

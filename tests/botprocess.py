@@ -55,7 +55,7 @@ class BotProcess:
         self.process: asyncio.subprocess.Process | None = None
         self.log_path = config_path.parent / "bot.log"
 
-    async def start(self, discord_fake: FakeDiscord, timeout: float = 30) -> None:
+    async def start(self, discord_fake: FakeDiscord, timeout: float = 30, *, umask: int | None = None) -> None:
         connections = discord_fake.connections
         env = {**os.environ, TOKEN_ENV: "fake-token", "PYTHONUNBUFFERED": "1"}
         log = self.log_path.open("ab")
@@ -69,6 +69,7 @@ class BotProcess:
                 env=env,
                 stdout=log,
                 stderr=log,
+                preexec_fn=None if umask is None else (lambda: os.umask(umask)),
             )
         finally:
             log.close()

@@ -272,3 +272,22 @@ async def test_long_commands_defer_first(harness, command):
     await harness.start_bot()
     interaction = await run(harness, APP_OWNER, command)
     assert interaction.responses[0]["type"] == 5
+
+
+async def test_a_restore_confirmation_pressed_during_another_restore_changes_nothing(harness):
+    bot = await harness.start_bot()
+    await harness.say(LISTEN_CHANNEL, ALICE, "stays as it is")
+    await harness.wait_for_memories(1)
+    name = await take_backup(harness)
+    interaction = await start_restore(harness, name)
+    # Another restore begins while this question is open.
+    bot.paused_reason = "restoring"
+    try:
+        click = await harness.discord.click(APP_OWNER, interaction.original, "backup:restore:confirm")
+        await click.wait_for_response(1)
+        await wait_for_text(interaction, "Nothing was restored: a restore is already under way.")
+    finally:
+        bot.paused_reason = None
+    kinds = [b.kind for b in backups.list_backups(bot.config.storage.backups_dir)]
+    assert "pre-restore" not in kinds
+    assert await memory_texts(bot) == ["stays as it is"]

@@ -7,6 +7,7 @@ from pathlib import Path
 import discord
 import pytest
 
+from cogs.memory import RESTORING
 from storage import memories, sqlite
 from storage.commands import TurnRecord, record_significance, write_memory
 from storage.scope import Scope
@@ -263,6 +264,37 @@ async def forget(harness, user_id: int, memory_id: int, *, guild_id: int | None 
     await press(harness, user_id, interaction.original, "memory:forget:confirm")
     await interaction.wait_for_response(2)
     return interaction.original["content"]
+
+
+async def test_a_forget_confirmation_is_checked_again_when_pressed(harness):
+    bot = await harness.start_bot()
+    bot.scoring.pause()
+    memory_id = await remember(bot, SCOPE_A, "alice's thing a moderator looks at")
+    harness.discord.set_member_permissions(GUILD_A, BOB, MANAGE_MESSAGES)
+
+    async def ask(user_id: int):
+        interaction = await harness.discord.invoke(
+            user_id, "memory forget", guild_id=GUILD_A, channel_id=LISTEN_CHANNEL, options={"id": memory_id}
+        )
+        await interaction.wait_for_response(1)
+        return interaction
+
+    # Bob opens the question as a moderator, then loses Manage Messages before pressing.
+    interaction = await ask(BOB)
+    harness.discord.set_member_permissions(GUILD_A, BOB, 0)
+    await press(harness, BOB, interaction.original, "memory:forget:confirm")
+    await interaction.wait_for_response(2)
+    assert interaction.original["content"].startswith("Nothing was forgotten: You can't change that memory")
+    # Alice opens it, then a restore begins before she presses.
+    interaction = await ask(ALICE)
+    bot.paused_reason = "restoring"
+    try:
+        await press(harness, ALICE, interaction.original, "memory:forget:confirm")
+        await interaction.wait_for_response(2)
+    finally:
+        bot.paused_reason = None
+    assert interaction.original["content"].startswith(f"Nothing was forgotten: {RESTORING}")
+    assert await memories.get_memory(bot.db.reader, SCOPE_A, memory_id) is not None
 
 
 async def test_forget_scrubs_the_text_from_everywhere(harness, tmp_path):

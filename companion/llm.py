@@ -44,6 +44,11 @@ class LLMError(Exception):
         self.status = status
 
     @property
+    def summary(self) -> str:
+        """The kind and HTTP status alone: a provider's error text may quote what it was sent."""
+        return self.kind if self.status is None else f"{self.kind} (HTTP {self.status})"
+
+    @property
     def transient(self) -> bool:
         """Whether trying again later may succeed."""
         return self.kind in ("timeout", "connection", "rate_limited", "server")

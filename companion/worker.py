@@ -277,13 +277,13 @@ class SignificanceWorker:
         except LLMError as exc:
             if exc.transient or exc.status in OUTAGE_STATUSES:
                 delay = self._grow_backoff(failed_call_started_at=started_at)
-                self._note_error(f"classifier {exc}")
-                log.warning("classifier unavailable (%s); pausing scoring for %.0fs", exc, delay)
+                self._note_error(f"classifier {exc.summary}")
+                log.warning("classifier unavailable (%s); pausing scoring for %.0fs", exc.summary, delay)
             else:
                 self.failures += 1
-                self.last_error = f"memory #{memory_id}: classifier refused: {exc}"
-                log.warning("classifier refused memory #%s: %s", memory_id, exc)
-                await self._record_failure(memory_id, f"classifier refused: {exc}")
+                self.last_error = f"memory #{memory_id}: classifier refused: {exc.summary}"
+                log.warning("classifier refused memory #%s: %s", memory_id, exc.summary)
+                await self._record_failure(memory_id, f"classifier refused: {exc.summary}")
             return
         except DatabaseError as exc:
             self._note_error(f"database: {exc}")

@@ -13,7 +13,7 @@ import aiosqlite
 
 from storage import memories
 from storage.database import Database
-from storage.eventlog import append, append_many, appender, redact_memory_written
+from storage.eventlog import append, append_many, appender, redact_memory_written, redact_scoring_failures
 from storage.events import (
     SOURCE_CHAT,
     MemoryForgotten,
@@ -202,6 +202,7 @@ async def forget_memory(db: Database, scope: Scope, memory_id: int, *, actor_id:
         memory = await _scoped_memory(tx, scope, memory_id)
         await append(tx, MemoryForgotten(memory_id=memory_id, actor_id=actor_id))
         await redact_memory_written(tx, memory_id)
+        await redact_scoring_failures(tx, memory_id)
         return memory
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import aiosqlite
 
 from storage.connection_thread import run_on_connection
-from storage.events import Event, MemoryWritten, decode, dump_payload, encode, payload_of
+from storage.events import Event, MemorySignificanceFailed, MemoryWritten, decode, dump_payload, encode, payload_of
 from storage.projections import advance_to, fold
 from storage.sqlite import sqlite3
 
@@ -85,6 +85,16 @@ def _next_seq(conn: sqlite3.Connection) -> int:
     # AUTOINCREMENT numbers past the highest ever handed out, which sqlite_sequence keeps.
     row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
     return (row[0] if row else 0) + 1
+
+
+async def redact_scoring_failures(tx: aiosqlite.Connection, memory_id: int) -> None:
+    """Drop the reasons recorded for a memory's scoring failures (old ones may quote its text)."""
+    # The kind is written out, so the partial index `events_scoring_failures` applies.
+    await tx.execute(
+        "UPDATE events SET payload = json_set(payload, '$.reason', '', '$.redacted', json('true'))"
+        f" WHERE kind = '{MemorySignificanceFailed.KIND}' AND json_extract(payload, '$.memory_id') = ?",
+        (memory_id,),
+    )
 
 
 async def redact_memory_written(tx: aiosqlite.Connection, memory_id: int) -> bool:

@@ -73,6 +73,8 @@ class MemorySignificanceFailed:
 
     memory_id: int
     reason: str
+    # Set when the memory is forgotten: a reason recorded by an older version may quote its text.
+    redacted: bool = False
 
 
 @dataclass(frozen=True)

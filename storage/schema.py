@@ -113,11 +113,14 @@ END;
 """
 
 # Import skips messages already remembered, forgotten ones too: a forgotten memory's event
-# keeps its message id (its text is gone), and this index finds those few quickly. The bot
-# records its own user id at login, for the command-line tools that need to know it.
+# keeps its message id (its text is gone), and the first index finds those few quickly; a
+# forget redacts a memory's scoring failures, which the second finds. The bot records its
+# own user id at login, for the command-line tools that need to know it.
 _V2_IMPORT_AND_IDENTITY = """
 CREATE INDEX events_forgotten_messages ON events (json_extract(payload, '$.user_message_id'))
 WHERE kind = 'memory_written' AND json_extract(payload, '$.redacted') IS 1;
+CREATE INDEX events_scoring_failures ON events (json_extract(payload, '$.memory_id'))
+WHERE kind = 'memory_significance_failed';
 CREATE TABLE bot_identity (
     bot_id INTEGER PRIMARY KEY,
     name TEXT NOT NULL,

@@ -219,3 +219,18 @@ async def test_the_worker_logs_where_scoring_stands_once_a_rescan_period(harness
     # Nothing new happened since: no repeated line.
     await asyncio.sleep(1.5)
     assert len([line for line in progress() if settled in line]) == 1
+
+
+async def test_a_provider_error_that_quotes_the_turn_is_not_stored(harness):
+    def refuse(body: dict) -> Fail:
+        # Some endpoints quote the request in their error.
+        return Fail(400, message=f"content policy: {scored_turn(body)}")
+
+    harness.llm.responders[CLASSIFIER_MODEL] = refuse
+    bot = await harness.start_bot()
+    await harness.say(LISTEN_CHANNEL, ALICE, "my locker code is zyxwvu4321")
+    await harness.wait_for_memories(1)
+    await harness.wait_until_scored()
+    async with bot.db.reader.execute("SELECT payload FROM events WHERE kind = 'memory_significance_failed'") as cursor:
+        reasons = [json.loads(row[0])["reason"] for row in await cursor.fetchall()]
+    assert reasons and set(reasons) == {"classifier refused: rejected (HTTP 400)"}

@@ -247,6 +247,29 @@ async def test_forget_redacts_the_event_and_removes_the_row(db):
         await forget_memory(db, GUILD_A, memory_id, actor_id=7)
 
 
+async def test_forget_redacts_the_reasons_of_the_memorys_scoring_failures(db):
+    memory_id = await write_memory(db, turn(GUILD_A, "my pin is quetzalwobble"))
+    other = await write_memory(db, turn(GUILD_A, "something else"))
+    # As an older version recorded them: a provider's error quoting the text.
+    for memory in (memory_id, memory_id, other):
+        await record_scoring_failure(db, memory, f"classifier refused: bad request: {memory} quetzalwobble")
+    await forget_memory(db, GUILD_A, memory_id, actor_id=7)
+    async with db.reader.execute(
+        "SELECT json_extract(payload, '$.memory_id'), json_extract(payload, '$.reason'),"
+        " json_extract(payload, '$.redacted') FROM events WHERE kind = 'memory_significance_failed' ORDER BY seq"
+    ) as cursor:
+        rows = await cursor.fetchall()
+    assert rows == [
+        (memory_id, "", 1),
+        (memory_id, "", 1),
+        (other, f"classifier refused: bad request: {other} quetzalwobble", 0),
+    ]
+    # The redacted events still read back as events.
+    assert [type(r.event).__name__ for r in [e async for e in read_events(db.reader)]].count(
+        "MemorySignificanceFailed"
+    ) == 3
+
+
 async def test_forgotten_words_leave_no_byte_in_the_checkpointed_file(db):
     for i in range(300):
         await write_memory(db, turn(GUILD_A, f"filler memory number {i} about gardening"))

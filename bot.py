@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,19 +40,20 @@ from companion.significance import Classifier
 from companion.turns import TurnService
 from companion.worker import SignificanceWorker
 from memory_tools import ToolError, import_command, recall_command, resolve_bot_id
-from storage import backups, identity, sqlite
+from storage import backups, identity, memories, sqlite
 from storage.backups import BackupError, UnknownBackup
+from storage.commands import MemoryNotFound, forget_memory
 from storage.database import Database, DatabaseNotReady
 from storage.datadir_lock import DataDirInUse, DataDirLock
 from storage.files import PRIVATE_UMASK, make_private
 from storage.rebuild import rebuild_projections
 from storage.schema import SchemaTooNew
 from storage.scope import Scope
-from storage.snapshots import SnapshotError, remove_unusable, scrub_memory, write_snapshot
+from storage.snapshots import SnapshotError, remove_unusable, scrub_memories, write_snapshot
 
 log = logging.getLogger("companion")
 
-INITIAL_EXTENSIONS = ("cogs.chat", "cogs.memory", "cogs.admin")
+INITIAL_EXTENSIONS = ("cogs.chat", "cogs.memory", "cogs.admin", "cogs.privacy")
 # The database connections run on threads that must take the GIL back to
 # hand over each result; Python's default of 5 ms per hand-over would add up
 # to milliseconds to every read of a turn.
@@ -63,6 +65,8 @@ ALLOWED_MENTIONS = discord.AllowedMentions(everyone=False, roles=False, users=Fa
 # After a forget, a checkpoint held up by a reader (a backup copying) is tried again this often.
 CHECKPOINT_RETRY_SECONDS = 5
 CHECKPOINT_RETRIES = 120
+# Message ids Discord deleted lately, remembered so a turn answered meanwhile is not kept.
+RECENTLY_DELETED_MESSAGES = 10_000
 
 
 @dataclass
@@ -130,6 +134,7 @@ class CompanionBot(commands.Bot):
         # Set while a restore runs: messages get this answer instead of a turn.
         self.paused_reason: str | None = None
         self._checkpoint_retry: asyncio.Task[None] | None = None
+        self._deleted_messages: OrderedDict[int, None] = OrderedDict()
         self.operations = Operations(
             config, db, self.scoring, pause_turns=self._pause_turns, turns_in_flight=self._turns_in_flight
         )
@@ -207,31 +212,55 @@ class CompanionBot(commands.Bot):
         # There are no prefix commands; the chat cog handles every message.
         return
 
-    async def after_forget(self, memory_id: int) -> ForgetCleanup:
-        """Scrub a just-forgotten memory from everywhere else the running bot keeps it.
+    async def after_forget(self, memory_ids: Sequence[int]) -> ForgetCleanup:
+        """Scrub just-forgotten memories from everywhere else the running bot keeps them.
 
         The forget itself has already committed, so a problem here is
         reported, never raised.
         """
         cleanup = ForgetCleanup()
-        self.scoring.discard(memory_id)
+        named = ", ".join(f"#{memory_id}" for memory_id in memory_ids)
+        for memory_id in memory_ids:
+            self.scoring.discard(memory_id)
         try:
-            rewritten = await asyncio.to_thread(scrub_memory, self.config.storage.snapshots_dir, memory_id)
-            log.info("forgot memory #%s; scrubbed %d snapshot files", memory_id, rewritten)
+            rewritten = await asyncio.to_thread(scrub_memories, self.config.storage.snapshots_dir, memory_ids)
+            log.info("forgot memory %s; scrubbed %d snapshot files", named, rewritten)
         except Exception:
-            log.exception("could not scrub forgotten memory #%s from the snapshots", memory_id)
+            log.exception("could not scrub forgotten memory %s from the snapshots", named)
             cleanup.problems.append("scrubbing the snapshots failed")
         try:
             # Fold the WAL into the main file now, so the pages that held the
             # text leave the -wal file too.
             if not await self.db.checkpoint():
-                log.info("a reader held up the checkpoint after forgetting memory #%s; retrying", memory_id)
+                log.info("a reader held up the checkpoint after forgetting memory %s; retrying", named)
                 cleanup.checkpoint_pending = True
                 self._retry_checkpoint()
         except sqlite.Error:
-            log.exception("checkpoint after forgetting memory #%s failed", memory_id)
+            log.exception("checkpoint after forgetting memory %s failed", named)
             cleanup.problems.append("the database checkpoint failed")
         return cleanup
+
+    async def forget_messages(self, message_ids: Sequence[int], *, reason: str) -> list[int]:
+        """Forget the memories these Discord messages came from (a person's, or a reply's); their ids."""
+        self._deleted_messages.update(dict.fromkeys(message_ids))
+        while len(self._deleted_messages) > RECENTLY_DELETED_MESSAGES:
+            self._deleted_messages.popitem(last=False)
+        if self.user is None:
+            return []
+        forgotten = []
+        for memory_id, scope in await memories.memories_of_messages(self.db.reader, self.user.id, message_ids):
+            try:
+                await forget_memory(self.db, scope, memory_id, actor_id=None, reason=reason)
+            except MemoryNotFound:
+                continue  # forgotten meanwhile
+            forgotten.append(memory_id)
+        if forgotten:
+            await self.after_forget(forgotten)
+        return forgotten
+
+    def was_deleted(self, message_id: int) -> bool:
+        """Whether Discord deleted this message lately (a turn answered meanwhile is then not remembered)."""
+        return message_id in self._deleted_messages
 
     def _retry_checkpoint(self) -> None:
         if self._checkpoint_retry is None or self._checkpoint_retry.done():

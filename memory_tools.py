@@ -219,6 +219,7 @@ async def _write(db: Database, export: Export, *, bot_name: str, score: bool, pr
                     reply_text=turn.reply_text,
                     user_message_id=turn.message_id,
                     created_at=turn.created_at,
+                    reply_message_ids=tuple(turn.reply_message_ids),
                 ),
                 source=SOURCE_IMPORT,
                 wants_score=score,

@@ -239,9 +239,9 @@ def instrument_bot(bot: Any, probe: Probe) -> None:
 
     remember = turns.remember
 
-    async def timed_remember(turn: Any, reply_text: str) -> int:
+    async def timed_remember(turn: Any, reply_text: str, **kwargs: Any) -> int:
         started = time.monotonic()
-        memory_id = await remember(turn, reply_text)
+        memory_id = await remember(turn, reply_text, **kwargs)
         probe.turns[turn.message_id]["remember"] = (started, time.monotonic())
         if probe.worker_paused:
             probe.settled(turn.message_id)

@@ -125,8 +125,12 @@ class Chat(commands.Cog):
         delivered = await self._deliver(message, reply.text)
         if not reply.ok or not delivered:
             return
+        if self.bot.was_deleted(message.id):
+            return  # deleted while the bot answered: Discord forgot it, so the bot does not remember it
         try:
-            memory_id = await self.bot.turns.remember(turn, "\n".join(delivered))
+            memory_id = await self.bot.turns.remember(
+                turn, "\n".join(chunk for chunk, _ in delivered), reply_message_ids=[i for _, i in delivered]
+            )
         except sqlite.Error as exc:
             # The user has their answer; say plainly that this turn won't be remembered.
             log.error("could not write the memory of message %s: %s", message.id, exc)
@@ -180,19 +184,19 @@ class Chat(commands.Cog):
         text = "\n".join(part for part in [text, *extras] if part)
         return text or EMPTY_MESSAGE_TEXT
 
-    async def _deliver(self, message: discord.Message, text: str) -> list[str]:
-        """Send the reply in chunks; returns the chunks Discord accepted."""
-        delivered: list[str] = []
+    async def _deliver(self, message: discord.Message, text: str) -> list[tuple[str, int]]:
+        """Send the reply in chunks; returns the chunks Discord accepted, with their message ids."""
+        delivered: list[tuple[str, int]] = []
         for index, chunk in enumerate(split_message(text)):
             try:
                 if index == 0:
-                    await self._reply(message, chunk)
+                    sent = await self._reply(message, chunk)
                 else:
-                    await message.channel.send(chunk)
+                    sent = await message.channel.send(chunk)
             except discord.HTTPException as exc:
                 log.error("could not send reply chunk %d in channel %s: %s", index + 1, message.channel.id, exc)
                 break
-            delivered.append(chunk)
+            delivered.append((chunk, sent.id))
         return delivered
 
     @staticmethod

@@ -332,7 +332,7 @@ class MemoryCog(commands.GroupCog, group_name="memory", group_description="See a
                     content=f"Nothing was forgotten.\n{memory_line(memory)}", view=None
                 )
             raise
-        cleanup = await self.bot.after_forget(id)
+        cleanup = await self.bot.after_forget([id])
         if cleanup.problems:
             outcome = (
                 f"Forgotten #{id}: its text is gone from my memory and my search, but "

@@ -49,6 +49,7 @@ class ExportedTurn:
     text: str
     created_at: float
     reply_parts: list[str] = field(default_factory=list)
+    reply_message_ids: list[int] = field(default_factory=list)
 
     @property
     def reply_text(self) -> str:
@@ -177,10 +178,13 @@ class _ExportReader:
             target = self.by_id.get(_int_or_none(reference.get("messageId")))
         if target is None:
             target = self.previous  # a later chunk of the same reply, or a plain answer
-        if target is None or not text:
+        if target is None:
             self.skipped += 1
             return
-        target.reply_parts.append(text)
+        # Even a reply without text (an embed) counts: deleting it forgets the memory.
+        target.reply_message_ids.append(self._id(message.get("id"), "a reply's id"))
+        if text:
+            target.reply_parts.append(text)
         self.previous = target
 
     def dm_partner(self, channel_name: str) -> int | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from companion import recall
@@ -122,7 +123,7 @@ class TurnService:
             return Reply(text=FAILURE_REPLIES.get(exc.kind, FAILURE_REPLIES["server"]), ok=False, failure=exc)
         return Reply(text=completion.text.strip(), ok=True, prompt=prompt)
 
-    async def remember(self, turn: IncomingTurn, reply_text: str) -> int:
+    async def remember(self, turn: IncomingTurn, reply_text: str, *, reply_message_ids: Sequence[int] = ()) -> int:
         """Write the memory of an answered turn; returns its id."""
         record = TurnRecord(
             scope=turn.scope,
@@ -133,5 +134,6 @@ class TurnService:
             user_text=turn.text,
             reply_text=reply_text,
             user_message_id=turn.message_id,
+            reply_message_ids=tuple(reply_message_ids),
         )
         return await write_memory(self.db, record)

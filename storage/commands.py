@@ -54,6 +54,7 @@ class TurnRecord:
     reply_text: str
     user_message_id: int | None = None
     created_at: float = field(default_factory=time.time)
+    reply_message_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ def memory_written(turn: TurnRecord, *, source: str = SOURCE_CHAT, wants_score: 
         created_at=turn.created_at,
         source=source,
         wants_score=wants_score,
+        reply_message_ids=turn.reply_message_ids,
     )
 
 
@@ -196,11 +198,16 @@ async def unpin_memory(db: Database, scope: Scope, memory_id: int, *, actor_id: 
         return PinOutcome(changed=True, memory=await _scoped_memory(tx, scope, memory_id))
 
 
-async def forget_memory(db: Database, scope: Scope, memory_id: int, *, actor_id: int) -> memories.Memory:
-    """Forget a memory: the event, the projection row and the index entry lose its text."""
+async def forget_memory(
+    db: Database, scope: Scope, memory_id: int, *, actor_id: int | None, reason: str = ""
+) -> memories.Memory:
+    """Forget a memory: the event, the projection row and the index entry lose its text.
+
+    `actor_id` is who asked; None with a `reason` when nobody did (a message deleted in Discord).
+    """
     async with db.transaction() as tx:
         memory = await _scoped_memory(tx, scope, memory_id)
-        await append(tx, MemoryForgotten(memory_id=memory_id, actor_id=actor_id))
+        await append(tx, MemoryForgotten(memory_id=memory_id, actor_id=actor_id, reason=reason))
         await redact_memory_written(tx, memory_id)
         await redact_scoring_failures(tx, memory_id)
         return memory

@@ -42,6 +42,12 @@ class MemoryWritten:
     source: str = SOURCE_CHAT
     # Whether the classifier should score it; an import does not ask for a model call per message.
     wants_score: bool = True
+    # The bot's messages that carried the reply: deleting one in Discord forgets the memory.
+    reply_message_ids: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Read back from JSON it is a list; events compare equal however they were made.
+        object.__setattr__(self, "reply_message_ids", tuple(self.reply_message_ids))
 
     @property
     def scope(self) -> Scope:
@@ -100,6 +106,8 @@ class MemoryForgotten:
 
     memory_id: int
     actor_id: int | None = None
+    # Why, when no person asked: "deleted in Discord", say.
+    reason: str = ""
 
 
 Event = MemoryWritten | MemorySignificanceSet | MemorySignificanceFailed | MemoryPinChanged | MemoryForgotten
@@ -121,7 +129,7 @@ Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 
 def _memory_written_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
     # Every memory before imports existed came from a chat turn.
-    return {**data, "source": SOURCE_CHAT, "wants_score": True}
+    return {**data, "source": SOURCE_CHAT, "wants_score": True, "reply_message_ids": ()}
 
 
 UPCASTERS: dict[tuple[str, int], Upcaster] = {

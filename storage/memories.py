@@ -6,6 +6,7 @@ write and never holds one up.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -214,6 +215,25 @@ async def next_turns(conn: aiosqlite.Connection, scope: Scope, turns: Sequence[M
         params += [turn.id, *_scope_params(scope), turn.channel_id, turn.created_at, turn.id]
     rows = await _rows(conn, " UNION ALL ".join([one] * len(turns)), params)
     return {row[-1]: _memory(row[:-1]) for row in rows}
+
+
+async def memories_of_messages(
+    conn: aiosqlite.Connection, bot_id: int, message_ids: Sequence[int]
+) -> list[tuple[int, Scope]]:
+    """The memories (id and scope) that Discord messages came from: a person's message, or a reply's."""
+    if not message_ids:
+        return []
+    ids = json.dumps([int(m) for m in message_ids])
+    rows = await _rows(
+        conn,
+        "SELECT id, bot_id, scope_kind, scope_id FROM memories"
+        " WHERE bot_id = ? AND user_message_id IN (SELECT value FROM json_each(?))"
+        " UNION SELECT m.id, m.bot_id, m.scope_kind, m.scope_id FROM reply_messages AS r"
+        " JOIN memories AS m ON m.id = r.memory_id"
+        " WHERE r.message_id IN (SELECT value FROM json_each(?)) AND m.bot_id = ? ORDER BY 1",
+        (bot_id, ids, ids, bot_id),
+    )
+    return [(row[0], Scope(row[1], row[2], row[3])) for row in rows]
 
 
 async def memory_scope(conn: aiosqlite.Connection, memory_id: int) -> Scope | None:

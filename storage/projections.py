@@ -14,6 +14,7 @@ a rebuild also applies it in memory to rows it has not inserted yet
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import Any
@@ -62,6 +63,7 @@ MEMORY_COLUMNS = (
     "pinned_by",
     *FTS_COLUMNS,
     "search_terms",
+    "reply_message_ids",
 )
 COLUMN_INDEX = {name: i for i, name in enumerate(MEMORY_COLUMNS)}
 FIRST_SEARCH_COLUMN = COLUMN_INDEX[FTS_COLUMNS[0]]
@@ -83,6 +85,16 @@ UNCOUNT_IN_SCOPE = (
     "UPDATE scope_stats SET memories = memories - 1, terms = terms - m.search_terms"
     " FROM (SELECT bot_id, scope_kind, scope_id, search_terms FROM memories WHERE id = ?) AS m"
     " WHERE (scope_stats.bot_id, scope_stats.scope_kind, scope_stats.scope_id) = (m.bot_id, m.scope_kind, m.scope_id)"
+)
+LIST_REPLY_MESSAGES = (
+    "INSERT INTO reply_messages (message_id, memory_id)"
+    " SELECT j.value, m.id FROM memories AS m, json_each(m.reply_message_ids) AS j WHERE m.id = ?"
+)
+UNLIST_REPLY_MESSAGES = "DELETE FROM reply_messages WHERE memory_id = ?"
+# What a rebuild fills reply_messages with, once the memories are in.
+RELIST_REPLY_MESSAGES = (
+    "INSERT INTO reply_messages (message_id, memory_id)"
+    " SELECT j.value, m.id FROM memories AS m, json_each(m.reply_message_ids) AS j"
 )
 # What a rebuild fills scope_stats with, once the memories are in.
 RECOUNT_SCOPES = (
@@ -134,6 +146,7 @@ def new_memory(seq: int, data: dict[str, Any]) -> list[Any] | None:
         " ".join(prefix + term for term in user_terms),
         " ".join(prefix + term for term in reply_terms),
         len(name_terms) + len(user_terms) + len(reply_terms),
+        json.dumps([int(message_id) for message_id in data["reply_message_ids"]]),
     ]
 
 
@@ -208,7 +221,11 @@ def fold(seq: int, kind: str, data: dict[str, Any], *, index_text: bool = True) 
         row = new_memory(seq, data)
         if row is None:
             return []
-        statements: list[Statement] = [(INSERT_MEMORY, tuple(row)), (COUNT_IN_SCOPE, scope_count_entry(row))]
+        statements: list[Statement] = [
+            (INSERT_MEMORY, tuple(row)),
+            (COUNT_IN_SCOPE, scope_count_entry(row)),
+            (LIST_REPLY_MESSAGES, (seq,)),
+        ]
         if index_text:
             statements.append((INDEX_MEMORY, index_entry(row)))
         return statements
@@ -216,6 +233,7 @@ def fold(seq: int, kind: str, data: dict[str, Any], *, index_text: bool = True) 
     if kind == MEMORY_FORGOTTEN:
         statements = [(UNINDEX_MEMORY, (memory_id,))] if index_text else []
         statements.append((UNCOUNT_IN_SCOPE, (memory_id,)))
+        statements.append((UNLIST_REPLY_MESSAGES, (memory_id,)))
         statements.append((DELETE_MEMORY, (memory_id,)))
         return statements
     return [update_statement(memory_id, row_changes(seq, kind, data))]

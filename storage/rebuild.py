@@ -33,6 +33,7 @@ from storage.projections import (
     MEMORY_FORGOTTEN,
     MEMORY_WRITTEN,
     RECOUNT_SCOPES,
+    RELIST_REPLY_MESSAGES,
     Statement,
     advance_to,
     apply_changes,
@@ -129,9 +130,11 @@ def rebuild_on(conn: sqlite.sqlite3.Connection, *, snapshot: SnapshotInfo | None
                 conn.execute(statement)
             if not index_text:
                 fill_fts(conn)
-            # Counted once the rows are in, whatever path they came by.
+            # Counted and listed once the rows are in, whatever path they came by.
             conn.execute("DELETE FROM scope_stats")
             conn.execute(RECOUNT_SCOPES)
+            conn.execute("DELETE FROM reply_messages")
+            conn.execute(RELIST_REPLY_MESSAGES)
             conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite.OperationalError):  # SQLite may have rolled back already

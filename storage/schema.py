@@ -21,7 +21,8 @@ from storage.sqlite import sqlite3
 # `memories_vocab` counts the scope's memories holding each term,
 # `scope_stats` keeps each scope's number of memories and of indexed terms,
 # and `memories_lengths` gives a memory's number of indexed terms without
-# reading its row.
+# reading its row. `reply_messages` finds a memory by a message of the bot's
+# reply (a memory is forgotten when Discord deletes one).
 # The index keeps no positions (`detail = none`): recall needs which
 # memories hold a term, nothing more. `secure-delete` makes FTS deletes
 # remove the words physically.
@@ -51,7 +52,8 @@ CREATE TABLE memories (
     search_name TEXT NOT NULL,
     search_user TEXT NOT NULL,
     search_reply TEXT NOT NULL,
-    search_terms INTEGER NOT NULL
+    search_terms INTEGER NOT NULL,
+    reply_message_ids TEXT NOT NULL
 );
 CREATE INDEX memories_by_scope ON memories (bot_id, scope_kind, scope_id, id);
 CREATE INDEX memories_by_channel ON memories (bot_id, channel_id, created_at, id);
@@ -66,6 +68,11 @@ CREATE VIRTUAL TABLE memories_fts USING fts5 (
 );
 INSERT INTO memories_fts (memories_fts, rank) VALUES ('secure-delete', 1);
 CREATE VIRTUAL TABLE memories_vocab USING fts5vocab (memories_fts, 'row');
+CREATE TABLE reply_messages (
+    message_id INTEGER PRIMARY KEY,
+    memory_id INTEGER NOT NULL
+);
+CREATE INDEX reply_messages_by_memory ON reply_messages (memory_id);
 CREATE TABLE scope_stats (
     bot_id INTEGER NOT NULL,
     scope_kind TEXT NOT NULL,
@@ -82,7 +89,7 @@ INSERT INTO projection_state (name, last_seq) VALUES ('memories', 0);
 """
 
 # Dropped and recreated by a rebuild, in this order.
-PROJECTION_TABLES = ("memories_vocab", "memories_fts", "scope_stats", "memories", "projection_state")
+PROJECTION_TABLES = ("memories_vocab", "memories_fts", "reply_messages", "scope_stats", "memories", "projection_state")
 # The full-text index's fields: columns of `memories`, and of `memories_fts` in the same order.
 FTS_COLUMNS = ("search_name", "search_user", "search_reply")
 # FTS5 keeps the index itself in these ordinary tables (there is no `_content`: the content is

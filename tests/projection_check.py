@@ -20,6 +20,7 @@ def projection_state(conn: sqlite.sqlite3.Connection) -> dict:
     indexed = conn.execute("SELECT id FROM memories_fts_docsize ORDER BY id").fetchall()
     (last_seq,) = conn.execute("SELECT last_seq FROM projection_state WHERE name = 'memories'").fetchone()
     scopes = conn.execute("SELECT * FROM scope_stats ORDER BY bot_id, scope_kind, scope_id").fetchall()
+    replies = conn.execute("SELECT * FROM reply_messages ORDER BY message_id").fetchall()
     fts_integrity_check(conn)
     return {
         "memories": memories,
@@ -27,6 +28,7 @@ def projection_state(conn: sqlite.sqlite3.Connection) -> dict:
         "last_seq": last_seq,
         "answers": index_answers(conn),
         "scopes": scopes,
+        "replies": replies,
     }
 
 

@@ -1007,6 +1007,39 @@ class FakeDiscord:
         self._dispatch_message_event("MESSAGE_CREATE", message, required=True)
         return copy.deepcopy(message)
 
+    def delete_message(self, message_id: int) -> None:
+        """Someone (its author, a moderator) deletes a message: MESSAGE_DELETE, with its ids only."""
+        message = self._messages.pop(int(message_id))
+        self._dispatch_message_event("MESSAGE_DELETE", message, required=True)
+
+    def bulk_delete_messages(self, channel_id: int, message_ids: Iterable[int]) -> None:
+        """A moderator purges messages at once: one MESSAGE_DELETE_BULK."""
+        ids = [int(m) for m in message_ids]
+        for message_id in ids:
+            self._messages.pop(message_id, None)
+        session = self._connected()
+        data: JSON = {"ids": [str(m) for m in ids], "channel_id": str(channel_id)}
+        guild = self._guild_of_channel(channel_id)
+        if guild is not None:
+            data["guild_id"] = str(guild.id)
+        if session.intents & (Intent.GUILD_MESSAGES if guild is not None else Intent.DIRECT_MESSAGES):
+            session.dispatch("MESSAGE_DELETE_BULK", data)
+
+    def edit_message(self, message_id: int, content: str) -> JSON:
+        """Its author edits a message: MESSAGE_UPDATE with the whole new message."""
+        message = self._messages[int(message_id)]
+        message["content"] = content
+        message["edited_timestamp"] = _iso_now()
+        self._dispatch_message_event("MESSAGE_UPDATE", message, required=True)
+        return copy.deepcopy(message)
+
+    def remove_bot_from_guild(self, guild_id: int) -> None:
+        """The bot is kicked from (or leaves) a guild: GUILD_DELETE without `unavailable`."""
+        guild = self.guilds.pop(guild_id)
+        for channel_id in [*guild.channel_ids, *guild.thread_ids]:
+            self.channels.pop(channel_id, None)
+        self._connected().dispatch("GUILD_DELETE", {"id": str(guild_id)})
+
     def _make_forward(self, message: JSON, forwarded_id: int) -> None:
         """Turn ``message`` into a forward of a stored message: empty content, a type 1 reference,
         and a snapshot of the forwarded message, as Discord sends them."""

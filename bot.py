@@ -42,7 +42,7 @@ from companion.worker import SignificanceWorker
 from memory_tools import ToolError, import_command, recall_command, resolve_bot_id
 from storage import backups, identity, memories, sqlite
 from storage.backups import BackupError, UnknownBackup
-from storage.commands import MemoryNotFound, forget_memory
+from storage.commands import MemoryNotFound, forget_memories, forget_memory
 from storage.database import Database, DatabaseNotReady
 from storage.datadir_lock import DataDirInUse, DataDirLock
 from storage.files import PRIVATE_UMASK, make_private
@@ -257,6 +257,14 @@ class CompanionBot(commands.Bot):
         if forgotten:
             await self.after_forget(forgotten)
         return forgotten
+
+    async def forget_scope(self, scope: Scope, *, reason: str) -> int:
+        """Forget every memory of a scope (a server the bot left); how many there were."""
+        memory_ids = await memories.memory_ids(self.db.reader, scope)
+        forgotten = await forget_memories(self.db, scope, memory_ids, actor_id=None, reason=reason)
+        if forgotten:
+            await self.after_forget(forgotten)
+        return len(forgotten)
 
     def was_deleted(self, message_id: int) -> bool:
         """Whether Discord deleted this message lately (a turn answered meanwhile is then not remembered)."""

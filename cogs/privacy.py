@@ -1,16 +1,24 @@
-"""The bot forgets what Discord forgets: deleted messages take their memories with them.
+"""The bot forgets what Discord forgets.
 
-Raw events, so messages the bot never cached (from before its start, or
-pushed out of its cache) count too.
+Deleted messages take their memories with them (raw events, so messages
+the bot never cached count too). A server the bot is removed from has its
+memories forgotten after `[privacy] removed_guild_grace_days`, unless the
+bot is added back first; removals while the bot was away are caught up on
+at start.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING
 
 import discord
-from discord.ext import commands
+from discord.ext import commands, tasks
+
+from storage import departures
+from storage.scope import Scope
 
 if TYPE_CHECKING:
     from bot import CompanionBot
@@ -18,11 +26,91 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DELETED_IN_DISCORD = "deleted in Discord"
+REMOVED_FROM_SERVER = "the bot was removed from the server"
+DAY_SECONDS = 86_400
+PURGE_CHECK_HOURS = 1.0
 
 
 class Privacy(commands.Cog):
     def __init__(self, bot: CompanionBot) -> None:
         self.bot = bot
+        self._purging = asyncio.Lock()
+
+    async def cog_load(self) -> None:
+        self.purge_check.start()
+
+    async def cog_unload(self) -> None:
+        self.purge_check.cancel()
+
+    # servers
+
+    @commands.Cog.listener()
+    async def on_guild_remove(self, guild: discord.Guild) -> None:
+        if self.bot.user is None:
+            return
+        await departures.note_departures(self.bot.db, self.bot.user.id, [guild.id], at=time.time())
+        log.info("removed from server %s; its memories go after the grace period unless it adds me back", guild.id)
+        await self.purge_due()
+
+    @commands.Cog.listener()
+    async def on_guild_join(self, guild: discord.Guild) -> None:
+        await self._back_in([guild.id])
+
+    @commands.Cog.listener()
+    async def on_guild_available(self, guild: discord.Guild) -> None:
+        await self._back_in([guild.id])
+
+    @commands.Cog.listener()
+    async def on_ready(self) -> None:
+        # Catch up on what happened while the bot was away: servers it was removed from
+        # (it holds their memories, but is not in them) and servers it is back in.
+        if self.bot.user is None:
+            return
+        bot_id = self.bot.user.id
+        present = {guild.id for guild in self.bot.guilds}
+        gone = [g for g in await departures.remembered_guilds(self.bot.db, bot_id) if g not in present]
+        if gone:
+            await departures.note_departures(self.bot.db, bot_id, gone, at=time.time())
+        await self._back_in([g for g in await departures.departures(self.bot.db, bot_id) if g in present])
+        await self.purge_due()
+
+    @tasks.loop(hours=PURGE_CHECK_HOURS)
+    async def purge_check(self) -> None:
+        await self.purge_due()
+
+    @purge_check.before_loop
+    async def _wait_until_ready(self) -> None:
+        await self.bot.wait_until_ready()
+
+    async def purge_due(self) -> None:
+        """Forget the memories of every server left longer ago than the grace period."""
+        if self.bot.user is None:
+            return
+        bot_id = self.bot.user.id
+        grace = self.bot.config.privacy.removed_guild_grace_days * DAY_SECONDS
+        async with self._purging:
+            try:
+                for guild_id, left_at in (await departures.departures(self.bot.db, bot_id)).items():
+                    if time.time() - left_at < grace:
+                        continue
+                    count = await self.bot.forget_scope(Scope.for_guild(bot_id, guild_id), reason=REMOVED_FROM_SERVER)
+                    await departures.clear_departures(self.bot.db, bot_id, [guild_id])
+                    log.info("forgot the %d memories of server %s, which removed me", count, guild_id)
+            except Exception:
+                # Tried again at the next check.
+                log.exception("could not forget the memories of servers that removed me")
+
+    async def _back_in(self, guild_ids: list[int]) -> None:
+        if self.bot.user is None or not guild_ids:
+            return
+        # A read first: every server is "available" at each start, and almost none had left.
+        left = await departures.departures(self.bot.db, self.bot.user.id)
+        returned = [guild_id for guild_id in guild_ids if guild_id in left]
+        if returned:
+            await departures.clear_departures(self.bot.db, self.bot.user.id, returned)
+            log.info("back in servers %s: their memories stay", returned)
+
+    # messages
 
     @commands.Cog.listener()
     async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:

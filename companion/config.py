@@ -110,6 +110,11 @@ class SnapshotConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    removed_guild_grace_days: float = 7.0
+
+
+@dataclass(frozen=True)
 class Config:
     discord: DiscordConfig = field(default_factory=DiscordConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
@@ -119,6 +124,7 @@ class Config:
     chat: ChatConfig = field(default_factory=ChatConfig)
     backup: BackupConfig = field(default_factory=BackupConfig)
     snapshot: SnapshotConfig = field(default_factory=SnapshotConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     source: Path | None = None
 
     def discord_token(self) -> str:
@@ -153,6 +159,7 @@ _SECTION_CLASSES = {
     "chat": ChatConfig,
     "backup": BackupConfig,
     "snapshot": SnapshotConfig,
+    "privacy": PrivacyConfig,
 }
 
 # Bounds for numeric keys: (minimum, maximum), inclusive; None means unbounded.
@@ -171,6 +178,7 @@ _BOUNDS: dict[tuple[str, str], tuple[float | None, float | None]] = {
     ("backup", "keep"): (1, 10_000),
     ("snapshot", "interval_minutes"): (1, 7 * 24 * 60),
     ("snapshot", "keep"): (1, 1_000),
+    ("privacy", "removed_guild_grace_days"): (0, 3650),
 }
 
 _TIME_PATTERN = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")

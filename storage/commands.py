@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 import aiosqlite
 
 from storage import memories
+from storage.connection_thread import run_on_connection
 from storage.database import Database
-from storage.eventlog import append, append_many, appender, redact_memory_written, redact_scoring_failures
+from storage.eventlog import append, append_many, appender, redact_forgotten
 from storage.events import (
     SOURCE_CHAT,
     MemoryForgotten,
@@ -26,6 +27,8 @@ from storage.scope import Scope
 from storage.sqlite import sqlite3
 
 PIVOTAL = 3
+# Memories forgotten per transaction when many go at once (a server's, a person's).
+FORGET_BATCH = 1000
 
 
 class MemoryNotFound(Exception):
@@ -208,9 +211,36 @@ async def forget_memory(
     async with db.transaction() as tx:
         memory = await _scoped_memory(tx, scope, memory_id)
         await append(tx, MemoryForgotten(memory_id=memory_id, actor_id=actor_id, reason=reason))
-        await redact_memory_written(tx, memory_id)
-        await redact_scoring_failures(tx, memory_id)
+        await run_on_connection(tx, lambda conn: redact_forgotten(conn, [memory_id]))
         return memory
+
+
+async def forget_memories(
+    db: Database, scope: Scope, memory_ids: Sequence[int], *, actor_id: int | None, reason: str = ""
+) -> list[int]:
+    """Forget many memories of `scope`, FORGET_BATCH to a transaction, each as `forget_memory` does.
+
+    Returns those forgotten; ids unknown here (another scope's, forgotten already) are skipped.
+    """
+    forgotten: list[int] = []
+    for start in range(0, len(memory_ids), FORGET_BATCH):
+        batch = [int(memory_id) for memory_id in memory_ids[start : start + FORGET_BATCH]]
+
+        def forget(conn: sqlite3.Connection, batch: list[int] = batch) -> list[int]:
+            present = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT id FROM memories WHERE id IN (SELECT value FROM json_each(?))"
+                    " AND bot_id = ? AND scope_kind = ? AND scope_id = ? ORDER BY id",
+                    (json.dumps(batch), scope.bot_id, scope.kind, scope.id),
+                )
+            ]
+            append_many(conn, [MemoryForgotten(i, actor_id=actor_id, reason=reason) for i in present])
+            redact_forgotten(conn, present)
+            return present
+
+        forgotten += await db.write_alone(forget)
+    return forgotten
 
 
 async def _auto_pin(tx: aiosqlite.Connection, memory_id: int, pin_cap: int) -> tuple[bool, tuple[int, ...]]:

@@ -6,6 +6,7 @@ caller's transaction, so the log and the projections never disagree.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -58,7 +59,8 @@ def append_many(conn: sqlite3.Connection, events: Sequence[Event]) -> list[int]:
     For a caller on the connection's thread, inside its transaction, with
     many events at once (an import): each statement runs once for all of
     them, which is what makes tens of thousands a second possible. Only
-    events independent of each other may come together (new memories are).
+    events independent of each other may come together (new memories are,
+    and forgets of different memories).
     """
     if not events:
         return []
@@ -87,27 +89,31 @@ def _next_seq(conn: sqlite3.Connection) -> int:
     return (row[0] if row else 0) + 1
 
 
-async def redact_scoring_failures(tx: aiosqlite.Connection, memory_id: int) -> None:
-    """Drop the reasons recorded for a memory's scoring failures (old ones may quote its text)."""
+def redact_forgotten(conn: sqlite3.Connection, memory_ids: Sequence[int]) -> None:
+    """Take the text of forgotten memories out of the log, where events carried it.
+
+    Each memory_written event keeps its row, ids and kind, and loses its text.
+    The reasons recorded for the memories' scoring failures go too: one an
+    older version wrote may quote a provider's error, which may quote the text.
+    """
+    ids = json.dumps([int(memory_id) for memory_id in memory_ids])
+    rows = conn.execute(
+        "SELECT seq, version, payload FROM events WHERE seq IN (SELECT value FROM json_each(?)) AND kind = ?",
+        (ids, MemoryWritten.KIND),
+    ).fetchall()
+    redacted = []
+    for seq, version, payload in rows:
+        event = decode(MemoryWritten.KIND, version, payload)
+        assert isinstance(event, MemoryWritten)
+        redacted.append((encode(event.redact())[2], seq))
+    conn.executemany("UPDATE events SET payload = ? WHERE seq = ?", redacted)
     # The kind is written out, so the partial index `events_scoring_failures` applies.
-    await tx.execute(
+    conn.execute(
         "UPDATE events SET payload = json_set(payload, '$.reason', '', '$.redacted', json('true'))"
-        f" WHERE kind = '{MemorySignificanceFailed.KIND}' AND json_extract(payload, '$.memory_id') = ?",
-        (memory_id,),
+        f" WHERE kind = '{MemorySignificanceFailed.KIND}'"
+        " AND json_extract(payload, '$.memory_id') IN (SELECT value FROM json_each(?))",
+        (ids,),
     )
-
-
-async def redact_memory_written(tx: aiosqlite.Connection, memory_id: int) -> bool:
-    """Drop the text from the memory_written event of `memory_id`; keep the row."""
-    async with tx.execute("SELECT kind, version, payload FROM events WHERE seq = ?", (memory_id,)) as cursor:
-        row = await cursor.fetchone()
-    if row is None or row[0] != MemoryWritten.KIND:
-        return False
-    event = decode(row[0], row[1], row[2])
-    assert isinstance(event, MemoryWritten)
-    _, _, payload = encode(event.redact())
-    await tx.execute("UPDATE events SET payload = ? WHERE seq = ?", (payload, memory_id))
-    return True
 
 
 async def read_events(conn: aiosqlite.Connection, *, after_seq: int = 0) -> AsyncIterator[RecordedEvent]:

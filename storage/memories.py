@@ -217,6 +217,16 @@ async def next_turns(conn: aiosqlite.Connection, scope: Scope, turns: Sequence[M
     return {row[-1]: _memory(row[:-1]) for row in rows}
 
 
+async def memory_ids(conn: aiosqlite.Connection, scope: Scope, *, author_id: int | None = None) -> list[int]:
+    """The ids of every memory of the scope (of one author's turns, with `author_id`), oldest first."""
+    sql = f"SELECT id FROM memories WHERE {_SCOPE_FILTER}"
+    params: list[Any] = list(_scope_params(scope))
+    if author_id is not None:
+        sql += " AND author_id = ?"
+        params.append(author_id)
+    return [row[0] for row in await _rows(conn, sql + " ORDER BY id", params)]
+
+
 async def memories_of_messages(
     conn: aiosqlite.Connection, bot_id: int, message_ids: Sequence[int]
 ) -> list[tuple[int, Scope]]:

@@ -122,7 +122,8 @@ END;
 # Import skips messages already remembered, forgotten ones too: a forgotten memory's event
 # keeps its message id (its text is gone), and the first index finds those few quickly; a
 # forget redacts a memory's scoring failures, which the second finds. The bot records its
-# own user id at login, for the command-line tools that need to know it.
+# own user id at login, for the command-line tools that need to know it, and the servers it
+# was removed from, whose memories it forgets after a grace period.
 _V2_IMPORT_AND_IDENTITY = """
 CREATE INDEX events_forgotten_messages ON events (json_extract(payload, '$.user_message_id'))
 WHERE kind = 'memory_written' AND json_extract(payload, '$.redacted') IS 1;
@@ -133,6 +134,12 @@ CREATE TABLE bot_identity (
     name TEXT NOT NULL,
     logged_in_at REAL NOT NULL
 );
+CREATE TABLE departed_guilds (
+    bot_id INTEGER NOT NULL,
+    guild_id INTEGER NOT NULL,
+    departed_at REAL NOT NULL,
+    PRIMARY KEY (bot_id, guild_id)
+) WITHOUT ROWID;
 """
 
 MIGRATIONS: tuple[tuple[int, str, str], ...] = (

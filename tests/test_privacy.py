@@ -5,7 +5,18 @@ import json
 
 from storage import memories, search
 from tests.fakes.llm_server import Answer
-from tests.harness import ALICE, BOB, CHAT_MODEL, LISTEN_CHANNEL, SCOPE_A
+from tests.harness import (
+    ALICE,
+    B_CHANNEL,
+    BOB,
+    BOT_ID,
+    CAROL,
+    CHAT_MODEL,
+    GUILD_B,
+    LISTEN_CHANNEL,
+    SCOPE_A,
+    SCOPE_B,
+)
 from tests.projection_check import live_and_rebuilt
 
 
@@ -102,3 +113,54 @@ async def _gone(bot, word: str) -> bool:
 
 async def _count_is(bot, count: int) -> bool:
     return await memories.count_memories(bot.db.reader, SCOPE_A) == count
+
+
+async def test_a_server_that_removes_the_bot_is_forgotten_after_the_grace_period(harness):
+    bot = await harness.start_bot(privacy={"removed_guild_grace_days": 0})
+    await harness.say(B_CHANNEL, BOB, f"<@{BOT_ID}> guild B's secret: the heron", mentions=[BOT_ID])
+    await chat(harness, ALICE, "guild A stays")
+    await harness.wait_for_memories(2)
+    harness.discord.remove_bot_from_guild(GUILD_B)
+    await wait_until(lambda: _scope_count_is(bot, SCOPE_B, 0))
+    assert await memories.count_memories(bot.db.reader, SCOPE_A) == 1
+    assert await forgotten_reasons(bot) == ["the bot was removed from the server"]
+
+
+async def test_a_server_that_adds_the_bot_back_within_the_grace_period_keeps_its_memories(harness):
+    bot = await harness.start_bot()
+    await harness.say(B_CHANNEL, BOB, f"<@{BOT_ID}> the heron nests here", mentions=[BOT_ID])
+    await harness.wait_for_memories(1)
+    harness.discord.remove_bot_from_guild(GUILD_B)
+    await wait_until(lambda: _departed(bot, [GUILD_B]))
+    harness.discord.add_guild(GUILD_B, "Guild B", owner_id=BOB, channel_ids=[B_CHANNEL], member_ids=[BOB, CAROL])
+    await wait_until(lambda: _departed(bot, []))
+    assert await memories.count_memories(bot.db.reader, SCOPE_B) == 1
+
+
+async def test_a_removal_while_the_bot_was_away_is_caught_up_on_at_start(harness):
+    bot = await harness.start_bot()
+    await harness.say(B_CHANNEL, BOB, f"<@{BOT_ID}> remember the heron", mentions=[BOT_ID])
+    await harness.wait_for_memories(1)
+    await harness.stop_bot()
+    # Removed while the bot was offline.
+    guild = harness.discord.guilds.pop(GUILD_B)
+    for channel_id in guild.channel_ids:
+        harness.discord.channels.pop(channel_id, None)
+    bot = await harness.start_bot()
+    await wait_until(lambda: _departed(bot, [GUILD_B]))
+    assert await memories.count_memories(bot.db.reader, SCOPE_B) == 1  # within the grace period
+    # Eight days on, the next start forgets them.
+    await harness.stop_bot()
+    bot = await harness.start_bot(privacy={"removed_guild_grace_days": 7})
+    await bot.db.writer.execute("UPDATE departed_guilds SET departed_at = departed_at - 8 * 86400")
+    await bot.get_cog("Privacy").purge_due()
+    assert await memories.count_memories(bot.db.reader, SCOPE_B) == 0
+
+
+async def _scope_count_is(bot, scope, count: int) -> bool:
+    return await memories.count_memories(bot.db.reader, scope) == count
+
+
+async def _departed(bot, guild_ids: list[int]) -> bool:
+    async with bot.db.reader.execute("SELECT guild_id FROM departed_guilds ORDER BY guild_id") as cursor:
+        return [row[0] for row in await cursor.fetchall()] == guild_ids

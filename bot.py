@@ -7,6 +7,7 @@ python bot.py backup verify|restore NAME       check a backup, or restore it (bo
 python bot.py recall (--guild ID | --dm USER_ID) --channel ID [--json] TEXT
                                                what the prompt for a message would hold
 python bot.py import FILE... [--score]         load history from DiscordChatExporter JSON exports
+python bot.py forget --user ID [--guild ID]    forget what a person said (all servers and DMs by default)
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from companion.operations import Operations
 from companion.significance import Classifier
 from companion.turns import TurnService
 from companion.worker import SignificanceWorker
-from memory_tools import ToolError, import_command, recall_command, resolve_bot_id
+from memory_tools import ToolError, forget_user_command, import_command, recall_command, resolve_bot_id
 from storage import backups, identity, memories, sqlite
 from storage.backups import BackupError, UnknownBackup
 from storage.commands import MemoryNotFound, forget_memories, forget_memory
@@ -486,6 +487,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="USER_ID",
         help="for an export of DMs: whose DMs they are (default: the person the DM channel is named after)",
     )
+    forget = commands_.add_parser(
+        "forget",
+        parents=[config_option],
+        help="forget every memory of what a person said, say someone who has left (fine beside a running bot)",
+    )
+    forget.add_argument("--user", type=discord_id, required=True, metavar="ID", help="the person's user id")
+    forget.add_argument(
+        "--guild", type=discord_id, metavar="ID", help="only in this server (default: every server and their DMs)"
+    )
+    forget.add_argument("--bot-id", type=discord_id, metavar="ID", help="the bot's user id, if the database lacks it")
     return parser
 
 
@@ -501,6 +512,12 @@ def cmd_recall(config: Config, args: argparse.Namespace) -> int:
     scope = Scope.for_guild(bot_id, args.guild) if args.guild is not None else Scope.for_dm(bot_id, args.dm)
     texts = sys.stdin if args.text == ["-"] else " ".join(args.text)
     return asyncio.run(recall_command(config, scope, args.channel, texts, as_json=args.json))
+
+
+def cmd_forget(config: Config, args: argparse.Namespace) -> int:
+    _require_database(config)
+    bot_id = resolve_bot_id(config, args.bot_id)
+    return asyncio.run(forget_user_command(config, bot_id=bot_id, user_id=args.user, guild_id=args.guild))
 
 
 def cmd_import(config: Config, args: argparse.Namespace) -> int:
@@ -532,6 +549,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_recall(config, args)
         if args.command == "import":
             return cmd_import(config, args)
+        if args.command == "forget":
+            return cmd_forget(config, args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

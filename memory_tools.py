@@ -21,13 +21,15 @@ from typing import Any, TextIO
 from companion.config import Config
 from companion.history_import import Export, ExportError, read_export
 from companion.recall import Recalled
+from companion.records import memory_record
 from companion.turns import IncomingTurn, PreparedPrompt, prepare_prompt
-from storage import identity, sqlite
-from storage.commands import TurnRecord, import_memories, memory_written
+from storage import departures, identity, memories, sqlite
+from storage.commands import TurnRecord, forget_memories, import_memories, memory_written
 from storage.database import Database
 from storage.events import SOURCE_IMPORT
 from storage.memories import Memory
 from storage.scope import Scope
+from storage.snapshots import scrub_memories
 
 # Imported turns written per transaction: long enough to be fast, short enough that a
 # running bot's own writes never wait long behind one.
@@ -109,31 +111,14 @@ async def _prepare(config: Config, db: Database, scope: Scope, channel_id: int, 
 def prompt_contents(prepared: PreparedPrompt) -> dict[str, list[dict[str, Any]]]:
     """The memories in a prompt, as `recall --json` prints them."""
     return {
-        "pinned": [memory_item(m) for m in prepared.pinned],
-        "recent": [memory_item(m) for m in prepared.recent],
+        "pinned": [memory_record(m) for m in prepared.pinned],
+        "recent": [memory_record(m) for m in prepared.recent],
         "recalled": [recalled_item(r) for r in prepared.recalled],
     }
 
 
-def memory_item(memory: Memory) -> dict[str, Any]:
-    return {
-        "id": memory.id,
-        "message_id": memory.user_message_id,
-        "created_at": datetime.fromtimestamp(memory.created_at, UTC).isoformat(timespec="milliseconds"),
-        "channel_id": memory.channel_id,
-        "author_id": memory.author_id,
-        "author_name": memory.author_name,
-        "text": memory.text,
-        "user_text": memory.user_text,
-        "reply_text": memory.reply_text,
-        "significance": memory.significance,
-        "pinned": memory.pinned,
-        "source": memory.source,
-    }
-
-
 def recalled_item(recalled: Recalled) -> dict[str, Any]:
-    return {**memory_item(recalled.memory), "score": round(recalled.score, 6), "follows": recalled.follows}
+    return {**memory_record(recalled.memory), "score": round(recalled.score, 6), "follows": recalled.follows}
 
 
 def listing(prepared: PreparedPrompt, scope: Scope, channel_id: int, text: str) -> str:
@@ -162,6 +147,43 @@ def listing(prepared: PreparedPrompt, scope: Scope, channel_id: int, text: str) 
 def _one_line(text: str, limit: int = LISTING_TEXT_CHARS) -> str:
     flat = " / ".join(part.strip() for part in text.splitlines() if part.strip())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+# forget
+
+
+FORGOTTEN_BY_OWNER = "forgotten by an owner at the command line"
+
+
+async def forget_user_command(
+    config: Config, *, bot_id: int, user_id: int, guild_id: int | None, out: TextIO | None = None
+) -> int:
+    """Forget every memory of what `user_id` said: in one server, or in every server and their DMs."""
+    out = out or sys.stdout
+    db = await Database.open(config.storage.database_path, snapshots_dir=config.storage.snapshots_dir)
+    try:
+        if guild_id is not None:
+            scopes = [Scope.for_guild(bot_id, guild_id)]
+        else:
+            scopes = [Scope.for_guild(bot_id, g) for g in await departures.remembered_guilds(db, bot_id)]
+            scopes.append(Scope.for_dm(bot_id, user_id))
+        forgotten: list[int] = []
+        for scope in scopes:
+            ids = await memories.memory_ids(db.reader, scope, author_id=user_id)
+            done = await forget_memories(db, scope, ids, actor_id=None, reason=FORGOTTEN_BY_OWNER)
+            if done:
+                print(f"{scope}: forgot {len(done):,} memories of user {user_id}", file=out)
+            forgotten += done
+        if forgotten:
+            # As after /memory forget: out of the snapshots, and out of the WAL's pages.
+            await asyncio.to_thread(scrub_memories, config.storage.snapshots_dir, forgotten)
+            if not await db.checkpoint():
+                print("note: a reader held up the checkpoint; the running bot's next one finishes it", file=out)
+        where = f"server {guild_id}" if guild_id is not None else "any server or their DMs"
+        print(f"forgot {len(forgotten):,} memories of user {user_id} in {where}", file=out)
+        return 0
+    finally:
+        await db.close()
 
 
 # import

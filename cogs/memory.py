@@ -8,6 +8,9 @@ answer as an id that never existed.
 from __future__ import annotations
 
 import contextlib
+import gzip
+import io
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -20,8 +23,16 @@ from discord.ext import commands
 from cogs.replies import UserFacingError, send_ephemeral
 from companion import recall
 from companion.context import clip
+from companion.records import memory_record
 from storage import memories, search, sqlite
-from storage.commands import ManualPinLimit, MemoryNotFound, forget_memory, pin_memory, unpin_memory
+from storage.commands import (
+    ManualPinLimit,
+    MemoryNotFound,
+    forget_memories,
+    forget_memory,
+    pin_memory,
+    unpin_memory,
+)
 from storage.memories import Memory
 from storage.scope import Scope
 
@@ -40,6 +51,9 @@ AUTOCOMPLETE_CHOICES = 25
 AUTOCOMPLETE_SCAN = 200
 VIEW_TIMEOUT_SECONDS = 180.0
 MAX_QUERY_CHARS = 300
+# Discord's upload limit for a bot's message without boosts.
+EXPORT_MAX_BYTES = 8 * 1024 * 1024
+FORGET_ME = "forget-me"
 # Discord integers stop at 2**53; ids beyond can only be mistakes.
 MemoryId = app_commands.Range[int, 1, 2**53 - 1]
 SearchQuery = app_commands.Range[str, 1, MAX_QUERY_CHARS]
@@ -347,6 +361,83 @@ class MemoryCog(commands.GroupCog, group_name="memory", group_description="See a
                 "database files a moment after that finishes."
             )
         await interaction.edit_original_response(content=f"{outcome} {BACKUP_CAVEAT}", view=None)
+
+    @app_commands.command(name="forget-me")
+    async def forget_me(self, interaction: discord.Interaction) -> None:
+        """Forget everything I remember of what you said here (asks you to confirm first)."""
+        scope = scope_of(interaction)
+        if self.bot.paused_reason:
+            raise UserFacingError(RESTORING)
+        count = len(await memories.memory_ids(self.bot.db.reader, scope, author_id=interaction.user.id))
+        if count == 0:
+            await send_ephemeral(interaction, "I don't remember anything you said here.")
+            return
+
+        async def still_allowed(pressed: discord.Interaction) -> str | None:
+            return RESTORING if self.bot.paused_reason else None
+
+        view = ConfirmForget(interaction.user.id, still_allowed)
+        noun = "memory" if count == 1 else "memories"
+        await send_ephemeral(
+            interaction,
+            f"Forget all {count} {noun} of what you said here, for good? This can't be undone.",
+            view=view,
+        )
+        timed_out = await view.wait()
+        if timed_out or not view.value:
+            note = "No answer, so nothing was forgotten." if timed_out else "Nothing was forgotten."
+            if view.refused:
+                note = f"Nothing was forgotten: {view.refused}"
+            await interaction.edit_original_response(content=note, view=None)
+            return
+        await interaction.edit_original_response(content=f"Forgetting {count} {noun}…", view=None)
+        # What you said since the question was asked goes too: everything of yours, as asked.
+        memory_ids = await memories.memory_ids(self.bot.db.reader, scope, author_id=interaction.user.id)
+        try:
+            forgotten = await forget_memories(
+                self.bot.db, scope, memory_ids, actor_id=interaction.user.id, reason=FORGET_ME
+            )
+        except sqlite.Error:
+            with contextlib.suppress(discord.HTTPException):
+                await interaction.edit_original_response(content="Nothing more was forgotten.", view=None)
+            raise
+        cleanup = await self.bot.after_forget(forgotten)
+        outcome = f"Forgotten {len(forgotten)} {'memory' if len(forgotten) == 1 else 'memories'} of what you said here."
+        if cleanup.problems:
+            outcome += f" But {' and '.join(cleanup.problems)}; my owner can find the details in the log."
+        await interaction.edit_original_response(content=f"{outcome} {BACKUP_CAVEAT}", view=None)
+
+    @app_commands.command(name="export")
+    async def export(self, interaction: discord.Interaction) -> None:
+        """Send you a file of everything I remember of what you said here."""
+        scope = scope_of(interaction)
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        memory_ids = await memories.memory_ids(self.bot.db.reader, scope, author_id=interaction.user.id)
+        if not memory_ids:
+            await send_ephemeral(interaction, "I don't remember anything you said here.")
+            return
+        found = await memories.memories_by_id(self.bot.db.reader, scope, memory_ids)
+        document = {
+            "scope": str(scope),
+            "user_id": interaction.user.id,
+            "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "memories": [memory_record(memory) for memory in found],
+        }
+        data = json.dumps(document, ensure_ascii=False, indent=1).encode()
+        filename = "memories.json"
+        if len(data) > EXPORT_MAX_BYTES:
+            data, filename = gzip.compress(data), "memories.json.gz"
+        if len(data) > EXPORT_MAX_BYTES:
+            raise UserFacingError(
+                f"That is more than I can send in one file ({len(found):,} memories). "
+                "The bot's owner can forget or list them from the command line."
+            )
+        noun = "memory" if len(found) == 1 else "memories"
+        await interaction.followup.send(
+            f"Everything I remember of what you said here: {len(found):,} {noun}.",
+            file=discord.File(io.BytesIO(data), filename),
+            ephemeral=True,
+        )
 
     @pin.autocomplete("id")
     @unpin.autocomplete("id")

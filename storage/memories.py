@@ -217,6 +217,21 @@ async def next_turns(conn: aiosqlite.Connection, scope: Scope, turns: Sequence[M
     return {row[-1]: _memory(row[:-1]) for row in rows}
 
 
+async def memories_by_id(conn: aiosqlite.Connection, scope: Scope, memory_ids: Sequence[int]) -> list[Memory]:
+    """The memories with these ids in this scope, oldest first (others' ids are skipped)."""
+    found: list[Memory] = []
+    for start in range(0, len(memory_ids), 10_000):
+        ids = json.dumps([int(i) for i in memory_ids[start : start + 10_000]])
+        rows = await _rows(
+            conn,
+            f"SELECT {_COLUMNS} FROM memories WHERE id IN (SELECT value FROM json_each(?)) AND {_SCOPE_FILTER}"
+            " ORDER BY id",
+            (ids, *_scope_params(scope)),
+        )
+        found += [_memory(row) for row in rows]
+    return found
+
+
 async def memory_ids(conn: aiosqlite.Connection, scope: Scope, *, author_id: int | None = None) -> list[int]:
     """The ids of every memory of the scope (of one author's turns, with `author_id`), oldest first."""
     sql = f"SELECT id FROM memories WHERE {_SCOPE_FILTER}"

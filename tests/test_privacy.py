@@ -4,6 +4,8 @@ import asyncio
 import json
 
 from storage import memories, search
+from storage.scope import Scope
+from tests.botprocess import write_config
 from tests.fakes.llm_server import Answer
 from tests.harness import (
     ALICE,
@@ -12,12 +14,14 @@ from tests.harness import (
     BOT_ID,
     CAROL,
     CHAT_MODEL,
+    GUILD_A,
     GUILD_B,
     LISTEN_CHANNEL,
     SCOPE_A,
     SCOPE_B,
 )
 from tests.projection_check import live_and_rebuilt
+from tests.test_recall_cli import run_cli
 
 
 async def wait_until(predicate, timeout: float = 10) -> None:
@@ -164,3 +168,63 @@ async def _scope_count_is(bot, scope, count: int) -> bool:
 async def _departed(bot, guild_ids: list[int]) -> bool:
     async with bot.db.reader.execute("SELECT guild_id FROM departed_guilds ORDER BY guild_id") as cursor:
         return [row[0] for row in await cursor.fetchall()] == guild_ids
+
+
+async def test_forget_me_forgets_what_the_invoker_said_here_after_showing_the_count(harness):
+    bot = await harness.start_bot()
+    for text in ("bob one: my bank is Quokkabank", "bob two"):
+        await chat(harness, BOB, text)
+    await chat(harness, ALICE, "alice's own")
+    await harness.say(B_CHANNEL, BOB, f"<@{BOT_ID}> bob in guild B", mentions=[BOT_ID])
+    await harness.wait_for_memories(4)
+    interaction = await harness.discord.invoke(BOB, "memory forget-me", guild_id=GUILD_A, channel_id=LISTEN_CHANNEL)
+    [question] = await interaction.wait_for_response(1)
+    assert question["ephemeral"] and "Forget all 2 memories of what you said here" in question["content"]
+    click = await harness.discord.click(BOB, interaction.original, "memory:forget:confirm")
+    await click.wait_for_response(1)
+    async with asyncio.timeout(10):
+        while "Forgotten 2 memories" not in interaction.original["content"]:
+            await asyncio.sleep(0.02)
+    assert await memory_texts(bot) == ["alice's own"]
+    assert await memories.count_memories(bot.db.reader, SCOPE_B) == 1  # another server's are not "here"
+    assert await forgotten_reasons(bot) == ["forget-me", "forget-me"]
+    await bot.db.checkpoint()
+    assert b"Quokkabank" not in bot.db.path.read_bytes()
+
+
+async def test_export_sends_the_invoker_only_their_own_memories_here(harness):
+    bot = await harness.start_bot()
+    await chat(harness, ALICE, "alice: I collect teapots")
+    await chat(harness, BOB, "bob: not in alice's file")
+    await chat(harness, ALICE, "alice again")
+    interaction = await harness.discord.invoke(ALICE, "memory export", guild_id=GUILD_A, channel_id=LISTEN_CHANNEL)
+    await interaction.wait_for_response(2)
+    message = interaction.original
+    assert message["flags"] & 64  # ephemeral
+    [attachment] = message["attachments"]
+    assert attachment["filename"] == "memories.json"
+    document = json.loads(harness.discord.attachment_bytes(int(attachment["id"])))
+    assert document["scope"] == str(SCOPE_A) and document["user_id"] == ALICE
+    assert [m["user_text"] for m in document["memories"]] == ["alice: I collect teapots", "alice again"]
+    assert all(m["author_id"] == ALICE and m["reply_text"] for m in document["memories"])
+    assert len(await memory_texts(bot)) == 3  # nothing changed
+
+
+async def test_owners_forget_a_person_who_left_from_the_command_line(harness, tmp_path):
+    bot = await harness.start_bot()
+    await chat(harness, BOB, "bob in A")
+    await chat(harness, ALICE, "alice in A")
+    await harness.say(B_CHANNEL, BOB, f"<@{BOT_ID}> bob in B", mentions=[BOT_ID])
+    await harness.discord.send_message(harness.discord.dm_channel_id(BOB), BOB, "bob in his DMs")
+    await harness.wait_for_memories(4)
+    config = write_config(tmp_path, harness.discord, harness.llm)
+
+    code, out, err = await run_cli("forget", "--user", str(BOB), "--guild", str(GUILD_B), "--config", str(config))
+    assert code == 0, err
+    assert out.strip().endswith(f"forgot 1 memories of user {BOB} in server {GUILD_B}")
+    assert await memories.count_memories(bot.db.reader, SCOPE_B) == 0
+    code, out, err = await run_cli("forget", "--user", str(BOB), "--config", str(config))
+    assert code == 0, err
+    assert out.strip().endswith(f"forgot 2 memories of user {BOB} in any server or their DMs")
+    assert await memory_texts(bot) == ["alice in A"]
+    assert await memories.count_memories(bot.db.reader, Scope.for_dm(BOT_ID, BOB)) == 0

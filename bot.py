@@ -43,7 +43,7 @@ from companion.worker import SignificanceWorker
 from memory_tools import ToolError, forget_user_command, import_command, recall_command, resolve_bot_id
 from storage import backups, identity, memories, sqlite
 from storage.backups import BackupError, UnknownBackup
-from storage.commands import MemoryNotFound, forget_memories, forget_memory
+from storage.commands import MemoryNotFound, forget_memories, forget_memory, rewrite_memory
 from storage.database import Database, DatabaseNotReady
 from storage.datadir_lock import DataDirInUse, DataDirLock
 from storage.files import PRIVATE_UMASK, make_private
@@ -258,6 +258,24 @@ class CompanionBot(commands.Bot):
         if forgotten:
             await self.after_forget(forgotten)
         return forgotten
+
+    async def follow_edit(self, message_id: int, text: str, *, reason: str) -> int | None:
+        """A person edited a message: its memory (if any) takes the new text; the new memory's id."""
+        if self.user is None:
+            return None
+        found = await memories.memories_of_messages(self.db.reader, self.user.id, [message_id], replies=False)
+        for memory_id, scope in found:
+            memory = await memories.get_memory(self.db.reader, scope, memory_id)
+            if memory is None or memory.user_text == text:
+                continue  # forgotten meanwhile, or the text did not change (an embed appeared)
+            try:
+                new_id = await rewrite_memory(self.db, scope, memory_id, text, reason=reason)
+            except MemoryNotFound:
+                continue
+            await self.after_forget([memory_id])
+            self.memory_written(new_id)
+            return new_id
+        return None
 
     async def forget_scope(self, scope: Scope, *, reason: str) -> int:
         """Forget every memory of a scope (a server the bot left); how many there were."""

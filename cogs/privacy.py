@@ -1,7 +1,8 @@
 """The bot forgets what Discord forgets.
 
-Deleted messages take their memories with them (raw events, so messages
-the bot never cached count too). A server the bot is removed from has its
+Deleted messages take their memories with them, and an edited message's
+memory follows the edit (raw events, so messages the bot never cached
+count too). A server the bot is removed from has its
 memories forgotten after `[privacy] removed_guild_grace_days`, unless the
 bot is added back first; removals while the bot was away are caught up on
 at start.
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DELETED_IN_DISCORD = "deleted in Discord"
+EDITED_IN_DISCORD = "edited in Discord"
 REMOVED_FROM_SERVER = "the bot was removed from the server"
 DAY_SECONDS = 86_400
 PURGE_CHECK_HOURS = 1.0
@@ -119,6 +121,20 @@ class Privacy(commands.Cog):
     @commands.Cog.listener()
     async def on_raw_bulk_message_delete(self, payload: discord.RawBulkMessageDeleteEvent) -> None:
         await self._forget(sorted(payload.message_ids))
+
+    @commands.Cog.listener()
+    async def on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
+        chat = self.bot.get_cog("Chat")
+        if "content" not in payload.data or chat is None:
+            return  # not a change of the text (an embed unfurling, a pin)
+        text = chat.message_text(payload.message)  # type: ignore[attr-defined]
+        try:
+            new_id = await self.bot.follow_edit(payload.message_id, text, reason=EDITED_IN_DISCORD)
+        except Exception:
+            log.exception("could not follow the edit of message %s", payload.message_id)
+            return
+        if new_id is not None:
+            log.info("message %s was edited; its memory is now #%s", payload.message_id, new_id)
 
     async def _forget(self, message_ids: list[int]) -> None:
         try:

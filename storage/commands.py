@@ -215,6 +215,39 @@ async def forget_memory(
         return memory
 
 
+async def rewrite_memory(db: Database, scope: Scope, memory_id: int, user_text: str, *, reason: str) -> int:
+    """The person edited the message a memory came from: remember the new text instead; the new id.
+
+    The old memory is forgotten, its text redacted as any forget's, and the
+    new text is remembered as a new memory of the same message, with the same
+    reply, time and author. A manual pin stays; the score does not (the
+    classifier scores the new text, when the memory wants a score).
+    """
+    async with db.transaction() as tx:
+        memory = await _scoped_memory(tx, scope, memory_id)
+        row = await _fetch_one(tx, "SELECT reply_message_ids, pinned_by FROM memories WHERE id = ?", (memory_id,))
+        assert row is not None
+        await append(tx, MemoryForgotten(memory_id=memory_id, reason=reason))
+        await run_on_connection(tx, lambda conn: redact_forgotten(conn, [memory_id]))
+        record = TurnRecord(
+            scope=scope,
+            channel_id=memory.channel_id,
+            author_id=memory.author_id,
+            author_name=memory.author_name,
+            bot_name=memory.bot_name,
+            user_text=user_text,
+            reply_text=memory.reply_text,
+            user_message_id=memory.user_message_id,
+            created_at=memory.created_at,
+            reply_message_ids=tuple(json.loads(row[0])),
+        )
+        new_id = await append(tx, memory_written(record, source=memory.source, wants_score=memory.wants_score))
+        if memory.pinned and not memory.pin_auto:
+            pin = MemoryPinChanged(new_id, pinned=True, auto=False, actor_id=row[1], reason=f"kept from #{memory_id}")
+            await append(tx, pin)
+        return new_id
+
+
 async def forget_memories(
     db: Database, scope: Scope, memory_ids: Sequence[int], *, actor_id: int | None, reason: str = ""
 ) -> list[int]:

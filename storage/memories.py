@@ -243,21 +243,25 @@ async def memory_ids(conn: aiosqlite.Connection, scope: Scope, *, author_id: int
 
 
 async def memories_of_messages(
-    conn: aiosqlite.Connection, bot_id: int, message_ids: Sequence[int]
+    conn: aiosqlite.Connection, bot_id: int, message_ids: Sequence[int], *, replies: bool = True
 ) -> list[tuple[int, Scope]]:
     """The memories (id and scope) that Discord messages came from: a person's message, or a reply's."""
     if not message_ids:
         return []
     ids = json.dumps([int(m) for m in message_ids])
-    rows = await _rows(
-        conn,
+    sql = (
         "SELECT id, bot_id, scope_kind, scope_id FROM memories"
         " WHERE bot_id = ? AND user_message_id IN (SELECT value FROM json_each(?))"
-        " UNION SELECT m.id, m.bot_id, m.scope_kind, m.scope_id FROM reply_messages AS r"
-        " JOIN memories AS m ON m.id = r.memory_id"
-        " WHERE r.message_id IN (SELECT value FROM json_each(?)) AND m.bot_id = ? ORDER BY 1",
-        (bot_id, ids, ids, bot_id),
     )
+    params: list[Any] = [bot_id, ids]
+    if replies:
+        sql += (
+            " UNION SELECT m.id, m.bot_id, m.scope_kind, m.scope_id FROM reply_messages AS r"
+            " JOIN memories AS m ON m.id = r.memory_id"
+            " WHERE r.message_id IN (SELECT value FROM json_each(?)) AND m.bot_id = ?"
+        )
+        params += [ids, bot_id]
+    rows = await _rows(conn, sql + " ORDER BY 1", params)
     return [(row[0], Scope(row[1], row[2], row[3])) for row in rows]
 
 

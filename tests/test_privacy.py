@@ -228,3 +228,47 @@ async def test_owners_forget_a_person_who_left_from_the_command_line(harness, tm
     assert out.strip().endswith(f"forgot 2 memories of user {BOB} in any server or their DMs")
     assert await memory_texts(bot) == ["alice in A"]
     assert await memories.count_memories(bot.db.reader, Scope.for_dm(BOT_ID, BOB)) == 0
+
+
+async def test_an_edit_replaces_the_text_everywhere(harness, tmp_path):
+    bot = await harness.start_bot()
+    # The reply stays as Discord keeps showing it: here it does not repeat the address.
+    harness.llm.script(CHAT_MODEL, Answer("Congratulations on the new flat!"))
+    sent, _ = await chat(harness, ALICE, "my new flat is at 7 Wombatwhistle Road")
+    await harness.wait_until_scored()
+    [old] = await memories.list_memories(bot.db.reader, SCOPE_A)
+    await run_command(harness, ALICE, "memory pin", id=old.id)
+    await bot.operations.snapshot_now(kind="manual")
+
+    harness.discord.edit_message(int(sent["id"]), "my new flat is somewhere in the north, never mind")
+    await wait_until(lambda: _gone(bot, "Wombatwhistle"))
+    [new] = await memories.list_memories(bot.db.reader, SCOPE_A)
+    assert new.user_text == "my new flat is somewhere in the north, never mind"
+    assert (new.user_message_id, new.created_at, new.reply_text) == (
+        old.user_message_id,
+        old.created_at,
+        old.reply_text,
+    )
+    assert new.pinned and new.pin_auto is False  # the manual pin stays with the memory
+    assert await forgotten_reasons(bot) == ["edited in Discord"]
+    assert [h.memory.id for h in await search.search(bot.db.reader, SCOPE_A, "north flat", 5)] == [new.id]
+    assert await search.search(bot.db.reader, SCOPE_A, "Wombatwhistle", 5) == []
+    await bot.db.checkpoint()
+    for path in [bot.db.path, *bot.config.storage.snapshots_dir.glob("*.db")]:
+        assert b"Wombatwhistle" not in path.read_bytes() and b"wombatwhistl" not in path.read_bytes(), path.name
+    live, rebuilt = live_and_rebuilt(bot.db.path, tmp_path)
+    assert live == rebuilt
+    # Deleting the edited message still forgets its memory.
+    harness.discord.delete_message(int(sent["id"]))
+    await wait_until(lambda: _count_is(bot, 0))
+
+
+async def run_command(harness, user_id: int, name: str, **options) -> str:
+    interaction = await harness.discord.invoke(
+        user_id, name, guild_id=GUILD_A, channel_id=LISTEN_CHANNEL, options=options
+    )
+    await interaction.wait_for_response(1)
+    async with asyncio.timeout(10):
+        while interaction.original["flags"] & 128:  # still "thinking"
+            await asyncio.sleep(0.02)
+    return interaction.original["content"]

@@ -128,8 +128,12 @@ class Chat(commands.Cog):
         if self.bot.was_deleted(message.id):
             return  # deleted while the bot answered: Discord forgot it, so the bot does not remember it
         try:
+            prompt = reply.prompt
             memory_id = await self.bot.turns.remember(
-                turn, "\n".join(chunk for chunk, _ in delivered), reply_message_ids=[i for _, i in delivered]
+                turn,
+                "\n".join(chunk for chunk, _ in delivered),
+                reply_message_ids=[i for _, i in delivered],
+                drew_on=[*prompt.pinned_ids, *prompt.recalled_ids, *prompt.recent_ids] if prompt else [],
             )
         except sqlite.Error as exc:
             # The user has their answer; say plainly that this turn won't be remembered.

@@ -183,13 +183,33 @@ class ConfirmForget(discord.ui.View):
     may no longer go ahead, kept in `refused`, or None.
     """
 
-    def __init__(self, owner_id: int, recheck: Callable[[discord.Interaction], Awaitable[str | None]]) -> None:
+    def __init__(
+        self,
+        owner_id: int,
+        recheck: Callable[[discord.Interaction], Awaitable[str | None]],
+        *,
+        later: int = 0,
+    ) -> None:
         super().__init__(timeout=VIEW_TIMEOUT_SECONDS)
         self.owner_id = owner_id
         self.recheck = recheck
         self.value: bool | None = None
+        self.with_later = False  # the later memories that drew on it go too
         self.refused: str | None = None
         self.pressed: discord.Interaction | None = None
+        if later:
+            everything = discord.ui.Button(
+                label=f"Forget it and the {later} later",
+                style=discord.ButtonStyle.danger,
+                custom_id="memory:forget:confirm-with-later",
+                row=0,
+            )
+            everything.callback = self._confirm_with_later
+            self.add_item(everything)
+
+    async def _confirm_with_later(self, interaction: discord.Interaction) -> None:
+        self.with_later = True
+        await self.confirm.callback(interaction)
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         return interaction.user.id == self.owner_id
@@ -316,6 +336,10 @@ class MemoryCog(commands.GroupCog, group_name="memory", group_description="See a
         """Forget a memory for good: its text is erased from my memory, search and snapshots."""
         scope = scope_of(interaction)
         memory = await self._modifiable(interaction, scope, id)
+        # Later memories whose prompts held this one: their replies may repeat it.
+        later = await memories.drawing_on(self.bot.db.reader, scope, id)
+        may_change_any = await self._may_change_any(interaction)
+        changeable = [m for m in later if may_change_any or m.author_id == interaction.user.id]
 
         async def still_allowed(pressed: discord.Interaction) -> str | None:
             try:
@@ -324,12 +348,14 @@ class MemoryCog(commands.GroupCog, group_name="memory", group_description="See a
                 return str(exc)
             return None
 
-        view = ConfirmForget(interaction.user.id, still_allowed)
-        await send_ephemeral(
-            interaction,
-            f"Forget this memory for good? This can't be undone.\n{memory_line(memory)}",
-            view=view,
-        )
+        view = ConfirmForget(interaction.user.id, still_allowed, later=len(changeable))
+        question = f"Forget this memory for good? This can't be undone.\n{memory_line(memory)}"
+        if later:
+            count = f"{len(later)} later {'memory' if len(later) == 1 else 'memories'}"
+            question += f"\n{count} drew on it (my prompt held it when I wrote them, so they may repeat it)."
+            if len(changeable) < len(later):
+                question += f" {len(later) - len(changeable)} of them only their authors or a moderator can forget."
+        await send_ephemeral(interaction, question, view=view)
         timed_out = await view.wait()
         if timed_out or not view.value:
             note = "Nothing was forgotten." if not timed_out else "No answer, so nothing was forgotten."
@@ -337,8 +363,18 @@ class MemoryCog(commands.GroupCog, group_name="memory", group_description="See a
                 note = f"Nothing was forgotten: {view.refused}"
             await interaction.edit_original_response(content=f"{note}\n{memory_line(memory)}", view=None)
             return
+        with_later: list[int] = []
+        if view.with_later and view.pressed is not None:
+            for later_memory in changeable:
+                # Checked again as pressed, as the memory itself was.
+                with contextlib.suppress(UserFacingError):
+                    with_later.append((await self._modifiable(view.pressed, scope, later_memory.id)).id)
         try:
             await self._change(forget_memory(self.bot.db, scope, id, actor_id=interaction.user.id))
+            if with_later:
+                await forget_memories(
+                    self.bot.db, scope, with_later, actor_id=interaction.user.id, reason=f"drew on forgotten #{id}"
+                )
         except sqlite.Error:
             # The forget rolled back. Close the question here; the error handler says why.
             with contextlib.suppress(discord.HTTPException):
@@ -346,7 +382,7 @@ class MemoryCog(commands.GroupCog, group_name="memory", group_description="See a
                     content=f"Nothing was forgotten.\n{memory_line(memory)}", view=None
                 )
             raise
-        cleanup = await self.bot.after_forget([id])
+        cleanup = await self.bot.after_forget([id, *with_later])
         if cleanup.problems:
             outcome = (
                 f"Forgotten #{id}: its text is gone from my memory and my search, but "
@@ -355,6 +391,8 @@ class MemoryCog(commands.GroupCog, group_name="memory", group_description="See a
             )
         else:
             outcome = f"Forgotten #{id}: its text is gone from my memory, my search and my snapshots."
+        if with_later:
+            outcome += f" So are the {len(with_later)} later memories that drew on it."
         if cleanup.checkpoint_pending:
             outcome += (
                 " A backup is reading the database right now, so the old copy of its pages leaves the "

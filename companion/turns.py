@@ -123,8 +123,15 @@ class TurnService:
             return Reply(text=FAILURE_REPLIES.get(exc.kind, FAILURE_REPLIES["server"]), ok=False, failure=exc)
         return Reply(text=completion.text.strip(), ok=True, prompt=prompt)
 
-    async def remember(self, turn: IncomingTurn, reply_text: str, *, reply_message_ids: Sequence[int] = ()) -> int:
-        """Write the memory of an answered turn; returns its id."""
+    async def remember(
+        self,
+        turn: IncomingTurn,
+        reply_text: str,
+        *,
+        reply_message_ids: Sequence[int] = (),
+        drew_on: Sequence[int] = (),
+    ) -> int:
+        """Write the memory of an answered turn, with the memories its prompt held; returns its id."""
         record = TurnRecord(
             scope=turn.scope,
             channel_id=turn.channel_id,
@@ -135,5 +142,6 @@ class TurnService:
             reply_text=reply_text,
             user_message_id=turn.message_id,
             reply_message_ids=tuple(reply_message_ids),
+            drew_on=tuple(drew_on),
         )
         return await write_memory(self.db, record)

@@ -58,6 +58,7 @@ class TurnRecord:
     user_message_id: int | None = None
     created_at: float = field(default_factory=time.time)
     reply_message_ids: tuple[int, ...] = ()
+    drew_on: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ def memory_written(turn: TurnRecord, *, source: str = SOURCE_CHAT, wants_score: 
         source=source,
         wants_score=wants_score,
         reply_message_ids=turn.reply_message_ids,
+        drew_on=turn.drew_on,
     )
 
 

@@ -44,10 +44,14 @@ class MemoryWritten:
     wants_score: bool = True
     # The bot's messages that carried the reply: deleting one in Discord forgets the memory.
     reply_message_ids: tuple[int, ...] = ()
+    # The memories the prompt held when the bot wrote the reply (its provenance): a reply
+    # may repeat what they said.
+    drew_on: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         # Read back from JSON it is a list; events compare equal however they were made.
         object.__setattr__(self, "reply_message_ids", tuple(self.reply_message_ids))
+        object.__setattr__(self, "drew_on", tuple(self.drew_on))
 
     @property
     def scope(self) -> Scope:
@@ -129,7 +133,7 @@ Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 
 def _memory_written_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
     # Every memory before imports existed came from a chat turn.
-    return {**data, "source": SOURCE_CHAT, "wants_score": True, "reply_message_ids": ()}
+    return {**data, "source": SOURCE_CHAT, "wants_score": True, "reply_message_ids": (), "drew_on": ()}
 
 
 UPCASTERS: dict[tuple[str, int], Upcaster] = {

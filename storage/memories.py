@@ -232,6 +232,16 @@ async def memories_by_id(conn: aiosqlite.Connection, scope: Scope, memory_ids: S
     return found
 
 
+async def drawing_on(conn: aiosqlite.Connection, scope: Scope, memory_id: int) -> list[Memory]:
+    """The later memories of the scope whose prompts held `memory_id` (their replies may repeat it)."""
+    rows = await _rows(
+        conn,
+        f"SELECT {_COLUMNS} FROM memories WHERE {_SCOPE_FILTER} AND id > ? AND instr(drew_on, ?) > 0 ORDER BY id",
+        (*_scope_params(scope), memory_id, f",{memory_id},"),
+    )
+    return [_memory(row) for row in rows]
+
+
 async def memory_ids(conn: aiosqlite.Connection, scope: Scope, *, author_id: int | None = None) -> list[int]:
     """The ids of every memory of the scope (of one author's turns, with `author_id`), oldest first."""
     sql = f"SELECT id FROM memories WHERE {_SCOPE_FILTER}"

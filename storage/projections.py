@@ -64,6 +64,7 @@ MEMORY_COLUMNS = (
     *FTS_COLUMNS,
     "search_terms",
     "reply_message_ids",
+    "drew_on",
 )
 COLUMN_INDEX = {name: i for i, name in enumerate(MEMORY_COLUMNS)}
 FIRST_SEARCH_COLUMN = COLUMN_INDEX[FTS_COLUMNS[0]]
@@ -147,6 +148,7 @@ def new_memory(seq: int, data: dict[str, Any]) -> list[Any] | None:
         " ".join(prefix + term for term in reply_terms),
         len(name_terms) + len(user_terms) + len(reply_terms),
         json.dumps([int(message_id) for message_id in data["reply_message_ids"]]),
+        "".join(f",{int(memory_id)}" for memory_id in data["drew_on"]) + ("," if data["drew_on"] else ""),
     ]
 
 

@@ -22,7 +22,8 @@ from storage.sqlite import sqlite3
 # `scope_stats` keeps each scope's number of memories and of indexed terms,
 # and `memories_lengths` gives a memory's number of indexed terms without
 # reading its row. `reply_messages` finds a memory by a message of the bot's
-# reply (a memory is forgotten when Discord deletes one).
+# reply (a memory is forgotten when Discord deletes one). `drew_on` lists the memories
+# a memory's prompt held, as ",12,34," for a quick search of those drawing on one.
 # The index keeps no positions (`detail = none`): recall needs which
 # memories hold a term, nothing more. `secure-delete` makes FTS deletes
 # remove the words physically.
@@ -53,7 +54,8 @@ CREATE TABLE memories (
     search_user TEXT NOT NULL,
     search_reply TEXT NOT NULL,
     search_terms INTEGER NOT NULL,
-    reply_message_ids TEXT NOT NULL
+    reply_message_ids TEXT NOT NULL,
+    drew_on TEXT NOT NULL
 );
 CREATE INDEX memories_by_scope ON memories (bot_id, scope_kind, scope_id, id);
 CREATE INDEX memories_by_channel ON memories (bot_id, channel_id, created_at, id);

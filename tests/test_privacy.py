@@ -272,3 +272,27 @@ async def run_command(harness, user_id: int, name: str, **options) -> str:
         while interaction.original["flags"] & 128:  # still "thinking"
             await asyncio.sleep(0.02)
     return interaction.original["content"]
+
+
+async def test_forgetting_a_memory_offers_the_later_ones_that_drew_on_it(harness):
+    bot = await harness.start_bot()
+    await chat(harness, ALICE, "my locker code is 4-8-15-16")
+    # The bot repeats it in the next turn: that memory's prompt held the first one.
+    harness.llm.script(CHAT_MODEL, Answer("Sure: your locker code is 4-8-15-16."))
+    await chat(harness, ALICE, "what was my locker code again?")
+    first, second = [m.id for m in reversed(await memories.list_memories(bot.db.reader, SCOPE_A))]
+    assert [m.id for m in await memories.drawing_on(bot.db.reader, SCOPE_A, first)] == [second]
+
+    interaction = await harness.discord.invoke(
+        ALICE, "memory forget", guild_id=GUILD_A, channel_id=LISTEN_CHANNEL, options={"id": first}
+    )
+    [question] = await interaction.wait_for_response(1)
+    assert "1 later memory drew on it" in question["content"]
+    click = await harness.discord.click(ALICE, interaction.original, "memory:forget:confirm-with-later")
+    await click.wait_for_response(1)
+    async with asyncio.timeout(10):
+        while not interaction.original["content"].startswith("Forgotten"):
+            await asyncio.sleep(0.02)
+    assert "So are the 1 later memories that drew on it." in interaction.original["content"]
+    assert await memories.count_memories(bot.db.reader, SCOPE_A) == 0
+    assert await forgotten_reasons(bot) == ["", f"drew on forgotten #{first}"]

@@ -23,7 +23,7 @@ from companion.history_import import Export, ExportError, read_export
 from companion.recall import Recalled
 from companion.records import memory_record
 from companion.turns import IncomingTurn, PreparedPrompt, prepare_prompt
-from storage import departures, identity, memories, sqlite
+from storage import departures, identity, memories, sqlite, visibility
 from storage.commands import TurnRecord, forget_memories, import_memories, memory_written
 from storage.database import Database
 from storage.events import SOURCE_IMPORT
@@ -98,9 +98,11 @@ async def recall_command(
 
 async def _prepare(config: Config, db: Database, scope: Scope, channel_id: int, text: str) -> PreparedPrompt:
     # Who asks changes nothing recalled; in DMs it can only be the scope's person.
+    parent = await visibility.thread_parent(db, scope, channel_id) if scope.kind == "guild" else None
     turn = IncomingTurn(
         scope=scope,
         channel_id=channel_id,
+        parent_channel_id=parent,
         author_id=scope.id if scope.kind == "dm" else 0,
         author_name="someone",
         text=text,
@@ -242,6 +244,8 @@ async def _write(db: Database, export: Export, *, bot_name: str, score: bool, pr
                     user_message_id=turn.message_id,
                     created_at=turn.created_at,
                     reply_message_ids=tuple(turn.reply_message_ids),
+                    parent_channel_id=export.parent_channel_id,
+                    private_thread=export.private_thread,
                 ),
                 source=SOURCE_IMPORT,
                 wants_score=score,

@@ -151,6 +151,7 @@ class Chat(commands.Cog):
             scope = Scope.for_guild(bot_id, message.guild.id)
             channel_name = getattr(message.channel, "name", "a channel")
             where = f"in #{channel_name} on the server {message.guild.name}"
+        thread = message.channel if isinstance(message.channel, discord.Thread) else None
         return IncomingTurn(
             scope=scope,
             channel_id=message.channel.id,
@@ -159,6 +160,8 @@ class Chat(commands.Cog):
             text=self.message_text(message),
             message_id=message.id,
             where=where,
+            parent_channel_id=thread.parent_id if thread else None,
+            private_thread=thread is not None and thread.type is discord.ChannelType.private_thread,
         )
 
     def message_text(self, message: discord.Message) -> str:

@@ -1,8 +1,9 @@
 """The /memory commands: see and steer what the bot remembers in this scope.
 
 Every reply is ephemeral. Each command sees only the scope it runs in (the
-guild, or the invoker's DMs), and an id from anywhere else gets the same
-answer as an id that never existed.
+guild, or the invoker's DMs), and in a server only the memories of channels
+the invoker may read (and their own turns): an id from anywhere else gets
+the same answer as an id that never existed.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from storage.commands import (
 )
 from storage.memories import Memory
 from storage.scope import Scope
+from storage.visibility import ChannelFilter
 
 if TYPE_CHECKING:
     from bot import CompanionBot
@@ -77,6 +79,35 @@ def scope_of(interaction: discord.Interaction) -> Scope:
     return Scope.for_guild(bot_id, interaction.guild_id)
 
 
+def readable_by(interaction: discord.Interaction) -> ChannelFilter | None:
+    """The memories of this server the invoker may see: those said in channels they may read
+    now (and public threads of those; private threads too where they manage threads), and their
+    own turns. None (all of them) in DMs and for administrators."""
+    if interaction.guild_id is None:
+        return None  # one person's DMs
+    member, guild = interaction.user, interaction.guild
+    if guild is None or not isinstance(member, discord.Member):
+        # Without the server's channels at hand: what was said here, and their own.
+        here = frozenset([interaction.channel_id] if interaction.channel_id else [])
+        return ChannelFilter(channels=here, author_id=interaction.user.id)
+    if member.guild_permissions.administrator:
+        return None
+    readable: set[int] = set()
+    manages_threads: set[int] = set()
+    for channel in guild.channels:
+        permissions = channel.permissions_for(member)
+        if permissions.view_channel and permissions.read_message_history:
+            readable.add(channel.id)
+            if permissions.manage_threads:
+                manages_threads.add(channel.id)
+    return ChannelFilter(
+        channels=frozenset(readable),
+        thread_parents=frozenset(readable),
+        private_thread_parents=frozenset(manages_threads),
+        author_id=member.id,
+    )
+
+
 def memory_line(memory: Memory) -> str:
     """`#<id> · pin state · sig · date · snippet`, on one line."""
     if memory.pinned:
@@ -112,12 +143,22 @@ def escaped_snippet(text: str, max_chars: int) -> str:
 class MemoryPages(discord.ui.View):
     """Newer/older buttons over a scope's memories, newest first."""
 
-    def __init__(self, cog: MemoryCog, owner_id: int, scope: Scope, *, pinned_only: bool, total: int) -> None:
+    def __init__(
+        self,
+        cog: MemoryCog,
+        owner_id: int,
+        scope: Scope,
+        *,
+        pinned_only: bool,
+        total: int,
+        channel_filter: ChannelFilter | None,
+    ) -> None:
         super().__init__(timeout=VIEW_TIMEOUT_SECONDS)
         self.cog = cog
         self.owner_id = owner_id
         self.scope = scope
         self.pinned_only = pinned_only
+        self.channel_filter = channel_filter
         self.total = total
         # before_id of each page seen so far; None is the first page.
         self.page_starts: list[int | None] = [None]
@@ -135,6 +176,7 @@ class MemoryPages(discord.ui.View):
             pinned_only=self.pinned_only,
             before_id=self.page_starts[-1],
             limit=PAGE_SIZE,
+            channel_filter=self.channel_filter,
         )
         pages = max(1, -(-self.total // PAGE_SIZE))
         self.newer.disabled = self.page_number == 1
@@ -245,12 +287,13 @@ class MemoryCog(commands.GroupCog, group_name="memory", group_description="See a
     async def list_(self, interaction: discord.Interaction, pinned: bool = False) -> None:
         """List what I remember here, newest first."""
         scope = scope_of(interaction)
-        total = await memories.count_memories(self.bot.db.reader, scope, pinned_only=pinned)
+        readable = readable_by(interaction)
+        total = await memories.count_memories(self.bot.db.reader, scope, pinned_only=pinned, channel_filter=readable)
         if total == 0:
             what = "pinned memories" if pinned else "memories"
             await send_ephemeral(interaction, f"I have no {what} here yet.")
             return
-        view = MemoryPages(self, interaction.user.id, scope, pinned_only=pinned, total=total)
+        view = MemoryPages(self, interaction.user.id, scope, pinned_only=pinned, total=total, channel_filter=readable)
         content = await view.load()
         if total <= PAGE_SIZE:
             await send_ephemeral(interaction, content)
@@ -266,7 +309,14 @@ class MemoryCog(commands.GroupCog, group_name="memory", group_description="See a
         if not search.query_terms(query):
             raise UserFacingError("Give me a word or two to look for (very common words like 'the' are skipped).")
         # The turn's own recall, without the turns it brings along: these are the matches themselves.
-        found = await recall.recall(self.bot.db.reader, scope, query, limit=SEARCH_RESULTS, follow_ups=False)
+        found = await recall.recall(
+            self.bot.db.reader,
+            scope,
+            query,
+            limit=SEARCH_RESULTS,
+            follow_ups=False,
+            channel_filter=readable_by(interaction),
+        )
         if not found:
             await send_ephemeral(interaction, "I don't remember anything here that matches that.")
             return
@@ -337,7 +387,7 @@ class MemoryCog(commands.GroupCog, group_name="memory", group_description="See a
         scope = scope_of(interaction)
         memory = await self._modifiable(interaction, scope, id)
         # Later memories whose prompts held this one: their replies may repeat it.
-        later = await memories.drawing_on(self.bot.db.reader, scope, id)
+        later = await memories.drawing_on(self.bot.db.reader, scope, id, channel_filter=readable_by(interaction))
         may_change_any = await self._may_change_any(interaction)
         changeable = [m for m in later if may_change_any or m.author_id == interaction.user.id]
 
@@ -485,7 +535,12 @@ class MemoryCog(commands.GroupCog, group_name="memory", group_description="See a
         command = interaction.command.name if interaction.command else ""
         author_id = None if await self._may_change_any(interaction) else interaction.user.id
         candidates = await memories.list_memories(
-            self.bot.db.reader, scope, pinned_only=command == "unpin", author_id=author_id, limit=AUTOCOMPLETE_SCAN
+            self.bot.db.reader,
+            scope,
+            pinned_only=command == "unpin",
+            author_id=author_id,
+            limit=AUTOCOMPLETE_SCAN,
+            channel_filter=readable_by(interaction),
         )
         typed = current.strip().lstrip("#").casefold()
         choices = []
@@ -509,7 +564,9 @@ class MemoryCog(commands.GroupCog, group_name="memory", group_description="See a
         """The memory, if it exists here and the invoker may change it; else a user-facing error."""
         if self.bot.paused_reason:
             raise UserFacingError(RESTORING)
-        memory = await memories.get_memory(self.bot.db.reader, scope, memory_id)
+        memory = await memories.get_memory(
+            self.bot.db.reader, scope, memory_id, channel_filter=readable_by(interaction)
+        )
         if memory is None:
             raise UserFacingError(NO_SUCH_MEMORY)
         if memory.author_id != interaction.user.id and not await self._may_change_any(interaction):

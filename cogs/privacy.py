@@ -11,6 +11,7 @@ at start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING
 import discord
 from discord.ext import commands, tasks
 
-from storage import departures
+from storage import departures, sqlite, visibility
 from storage.scope import Scope
 
 if TYPE_CHECKING:
@@ -46,20 +47,80 @@ class Privacy(commands.Cog):
 
     # servers
 
+    # which channels everyone may see (what recall may carry from one channel to another)
+
+    async def record_channels(self, guild: discord.Guild) -> None:
+        """Record which of a server's channels and threads everyone may see now."""
+        if self.bot.user is None:
+            return
+        public_channels: set[int] = set()
+        seen: list[visibility.ChannelVisibility] = []
+        for channel in guild.channels:
+            if not isinstance(channel, discord.CategoryChannel):
+                # Public: anyone in the server may read what was said there.
+                everyone = channel.permissions_for(guild.default_role)
+                if everyone.view_channel and everyone.read_message_history:
+                    public_channels.add(channel.id)
+                seen.append(visibility.ChannelVisibility(channel.id, None, channel.id in public_channels))
+        for thread in guild.threads:
+            public = thread.type is not discord.ChannelType.private_thread and thread.parent_id in public_channels
+            seen.append(visibility.ChannelVisibility(thread.id, thread.parent_id, public))
+        try:
+            await visibility.record_guild_channels(self.bot.db, Scope.for_guild(self.bot.user.id, guild.id), seen)
+        except sqlite.Error as exc:
+            # Recall goes by what was recorded before (a channel never recorded counts as
+            # private) until the next change, or the hourly check, records it.
+            log.warning("could not record which channels of server %s everyone may see: %s", guild.id, exc)
+
+    @commands.Cog.listener()
+    async def on_guild_channel_create(self, channel: discord.abc.GuildChannel) -> None:
+        await self.record_channels(channel.guild)
+
+    @commands.Cog.listener()
+    async def on_guild_channel_update(self, before: discord.abc.GuildChannel, after: discord.abc.GuildChannel) -> None:
+        await self.record_channels(after.guild)
+
+    @commands.Cog.listener()
+    async def on_guild_channel_delete(self, channel: discord.abc.GuildChannel) -> None:
+        await self.record_channels(channel.guild)
+
+    @commands.Cog.listener()
+    async def on_guild_role_update(self, before: discord.Role, after: discord.Role) -> None:
+        if after.is_default():  # @everyone's rights decide what is public
+            await self.record_channels(after.guild)
+
+    @commands.Cog.listener()
+    async def on_thread_create(self, thread: discord.Thread) -> None:
+        await self.record_channels(thread.guild)
+
+    @commands.Cog.listener()
+    async def on_thread_update(self, before: discord.Thread, after: discord.Thread) -> None:
+        await self.record_channels(after.guild)
+
+    @commands.Cog.listener()
+    async def on_thread_delete(self, thread: discord.Thread) -> None:
+        await self.record_channels(thread.guild)
+
+    # servers
+
     @commands.Cog.listener()
     async def on_guild_remove(self, guild: discord.Guild) -> None:
         if self.bot.user is None:
             return
+        with contextlib.suppress(sqlite.Error):
+            await visibility.forget_guild_channels(self.bot.db, Scope.for_guild(self.bot.user.id, guild.id))
         await departures.note_departures(self.bot.db, self.bot.user.id, [guild.id], at=time.time())
         log.info("removed from server %s; its memories go after the grace period unless it adds me back", guild.id)
         await self.purge_due()
 
     @commands.Cog.listener()
     async def on_guild_join(self, guild: discord.Guild) -> None:
+        await self.record_channels(guild)
         await self._back_in([guild.id])
 
     @commands.Cog.listener()
     async def on_guild_available(self, guild: discord.Guild) -> None:
+        await self.record_channels(guild)
         await self._back_in([guild.id])
 
     @commands.Cog.listener()
@@ -68,6 +129,8 @@ class Privacy(commands.Cog):
         # (it holds their memories, but is not in them) and servers it is back in.
         if self.bot.user is None:
             return
+        for guild in self.bot.guilds:
+            await self.record_channels(guild)
         bot_id = self.bot.user.id
         present = {guild.id for guild in self.bot.guilds}
         gone = [g for g in await departures.remembered_guilds(self.bot.db, bot_id) if g not in present]
@@ -79,6 +142,8 @@ class Privacy(commands.Cog):
     @tasks.loop(hours=PURGE_CHECK_HOURS)
     async def purge_check(self) -> None:
         await self.purge_due()
+        for guild in self.bot.guilds:  # written only where something changed unseen
+            await self.record_channels(guild)
 
     @purge_check.before_loop
     async def _wait_until_ready(self) -> None:

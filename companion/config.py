@@ -78,6 +78,7 @@ class MemoryConfig:
     recent_turns: int = 12
     recall_size: int = 10
     member_pin_quota: int = 1
+    share_across_channels: str = "public"
     context_budget_tokens: int = 6000
     scoring_concurrency: int = 4
     scoring_rescan_seconds: float = 60.0
@@ -287,7 +288,14 @@ def _check_bounds(where: str, section: str, key: str, value: float) -> None:
         raise ConfigError(f"{where}: [{section}] {key} must be between {low} and {high}, got {value}")
 
 
+SHARE_ACROSS_CHANNELS = ("public", "all", "none")
+
+
 def _check_semantics(where: str, config: Config) -> None:
+    share = config.memory.share_across_channels
+    if share not in SHARE_ACROSS_CHANNELS:
+        options = ", ".join(f'"{option}"' for option in SHARE_ACROSS_CHANNELS)
+        raise ConfigError(f"{where}: [memory] share_across_channels must be one of {options}, got {share!r}")
     for label, url, schemes in (
         ("[discord] api_base", config.discord.api_base, ("http", "https")),
         ("[discord] gateway_url", config.discord.gateway_url, ("ws", "wss")),

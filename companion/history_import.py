@@ -6,7 +6,8 @@ and `messages[...]`, each message with `id`, `type`, `timestamp`, `content`,
 Each person's message becomes a turn; where one of this bot's own messages
 answers it (a reply to it, or the bot's messages right after it), that is
 the turn's reply. Other bots' messages and system messages (joins, pins,
-calls...) are not turns. An export of direct messages (guild id 0) belongs
+calls...) are not turns. An export of a thread names its channel in
+`channel.categoryId`. An export of direct messages (guild id 0) belongs
 to the DM scope of the person the bot talked with.
 
 The file is streamed, and checked whole before anything is written: a bad
@@ -31,6 +32,8 @@ from storage.scope import Scope
 PERSON_MESSAGE_TYPES = frozenset({"Default", "Reply"})
 DM_GUILD_ID = 0
 GROUP_DM_TYPES = frozenset({"DirectGroupTextChat"})
+THREAD_TYPES = frozenset({"GuildPublicThread", "GuildPrivateThread", "GuildNewsThread"})
+PRIVATE_THREAD_TYPE = "GuildPrivateThread"
 MAX_SNOWFLAKE = 2**63 - 1
 # C0 control characters other than tab and newline, as the chat cog drops them.
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -65,6 +68,9 @@ class Export:
     turns: list[ExportedTurn]
     messages: int  # every message in the file
     skipped: int  # system messages, other bots' messages, empty ones
+    # For a thread: its channel, and whether it is private.
+    parent_channel_id: int | None = None
+    private_thread: bool = False
 
 
 def read_export(
@@ -106,7 +112,20 @@ def read_export(
     else:
         scope = Scope.for_guild(bot_id, guild_id)
         scope_name = str(guild.get("name") or guild_id)
-    return Export(path, scope, scope_name, channel_id, reader.turns, reader.messages, reader.skipped)
+    parent_channel_id = None
+    if channel.get("type") in THREAD_TYPES:
+        parent_channel_id = _snowflake(channel.get("categoryId"), path, "channel.categoryId (the thread's channel)")
+    return Export(
+        path,
+        scope,
+        scope_name,
+        channel_id,
+        reader.turns,
+        reader.messages,
+        reader.skipped,
+        parent_channel_id=parent_channel_id,
+        private_thread=channel.get("type") == PRIVATE_THREAD_TYPE,
+    )
 
 
 def _head(file: Any, path: Path, key: str) -> dict[str, Any]:

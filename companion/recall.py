@@ -20,6 +20,7 @@ from storage import memories, search
 from storage.memories import Memory
 from storage.scope import Scope
 from storage.search import SearchHit
+from storage.visibility import ChannelFilter
 
 # Search hits ranked per memory recalled, so the boosts have some to choose from.
 CANDIDATES_PER_SLOT = 2
@@ -38,9 +39,34 @@ class Recalled:
     follows: int | None = None  # set on a turn brought along after the hit with this id
 
 
-async def find(conn: aiosqlite.Connection, scope: Scope, text: str, *, limit: int, room: int = 0) -> list[SearchHit]:
+def place_filter(
+    scope: Scope, channel_id: int, parent_channel_id: int | None, share_across_channels: str
+) -> ChannelFilter | None:
+    """Which memories a prompt in this channel (or thread, of `parent_channel_id`) may hold.
+
+    In a server, by `[memory] share_across_channels`: "public" lets in what was said here (in a
+    thread, in its channel too) and in channels everyone may see now; "none" only the former;
+    "all" everything. In DMs, everything: they are one person's.
+    """
+    if scope.kind == "dm" or share_across_channels == "all":
+        return None
+    here = frozenset(c for c in (channel_id, parent_channel_id) if c is not None)
+    if share_across_channels == "none":
+        return ChannelFilter(channels=here)
+    return ChannelFilter(channels=here, public_of_guild=scope)
+
+
+async def find(
+    conn: aiosqlite.Connection,
+    scope: Scope,
+    text: str,
+    *,
+    limit: int,
+    room: int = 0,
+    channel_filter: ChannelFilter | None = None,
+) -> list[SearchHit]:
     """The search hits `choose` picks from: enough for `limit` memories after `room` are set aside."""
-    return await search.search(conn, scope, text, limit * CANDIDATES_PER_SLOT + room)
+    return await search.search(conn, scope, text, limit * CANDIDATES_PER_SLOT + room, channel_filter=channel_filter)
 
 
 def crowded_out(hits: Sequence[SearchHit], exclude: Collection[int], *, limit: int) -> bool:
@@ -92,9 +118,10 @@ async def recall(
     exclude: Collection[int] = (),
     now: float | None = None,
     follow_ups: bool = True,
+    channel_filter: ChannelFilter | None = None,
 ) -> list[Recalled]:
     """`find`, then `choose`: the memories recalled for `text`, best first."""
-    hits = await find(conn, scope, text, limit=limit, room=len(exclude))
+    hits = await find(conn, scope, text, limit=limit, room=len(exclude), channel_filter=channel_filter)
     return await choose(conn, scope, hits, limit=limit, exclude=exclude, now=now, follow_ups=follow_ups)
 
 

@@ -44,6 +44,9 @@ class IncomingTurn:
     text: str
     message_id: int | None = None
     where: str = ""
+    # In a thread: its channel, and whether the thread is private.
+    parent_channel_id: int | None = None
+    private_thread: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,14 +68,24 @@ async def prepare_prompt(
     now = time.time() if now is None else now
     # The search runs on its own reader connection, beside the pins and recent turns. Those are
     # set aside from recall; the search looks further only if that leaves too little.
+    place = recall.place_filter(
+        turn.scope, turn.channel_id, turn.parent_channel_id, memory_config.share_across_channels
+    )
     (pinned, recent), hits = await asyncio.gather(
-        memories.pinned_and_recent(reader, turn.scope, turn.channel_id, memory_config.recent_turns),
-        recall.find(db.search_reader, turn.scope, turn.text, limit=memory_config.recall_size),
+        memories.pinned_and_recent(
+            reader, turn.scope, turn.channel_id, memory_config.recent_turns, channel_filter=place
+        ),
+        recall.find(db.search_reader, turn.scope, turn.text, limit=memory_config.recall_size, channel_filter=place),
     )
     shown = {m.id for m in pinned} | {m.id for m in recent}
     if recall.crowded_out(hits, shown, limit=memory_config.recall_size):
         hits = await recall.find(
-            db.search_reader, turn.scope, turn.text, limit=memory_config.recall_size, room=len(shown)
+            db.search_reader,
+            turn.scope,
+            turn.text,
+            limit=memory_config.recall_size,
+            room=len(shown),
+            channel_filter=place,
         )
     recalled = await recall.choose(reader, turn.scope, hits, limit=memory_config.recall_size, exclude=shown, now=now)
     parts = PromptParts(
@@ -143,5 +156,7 @@ class TurnService:
             user_message_id=turn.message_id,
             reply_message_ids=tuple(reply_message_ids),
             drew_on=tuple(drew_on),
+            parent_channel_id=turn.parent_channel_id,
+            private_thread=turn.private_thread,
         )
         return await write_memory(self.db, record)

@@ -59,6 +59,8 @@ class TurnRecord:
     created_at: float = field(default_factory=time.time)
     reply_message_ids: tuple[int, ...] = ()
     drew_on: tuple[int, ...] = ()
+    parent_channel_id: int | None = None
+    private_thread: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,8 @@ def memory_written(turn: TurnRecord, *, source: str = SOURCE_CHAT, wants_score: 
         wants_score=wants_score,
         reply_message_ids=turn.reply_message_ids,
         drew_on=turn.drew_on,
+        parent_channel_id=turn.parent_channel_id,
+        private_thread=turn.private_thread,
     )
 
 
@@ -227,7 +231,11 @@ async def rewrite_memory(db: Database, scope: Scope, memory_id: int, user_text: 
     """
     async with db.transaction() as tx:
         memory = await _scoped_memory(tx, scope, memory_id)
-        row = await _fetch_one(tx, "SELECT reply_message_ids, pinned_by FROM memories WHERE id = ?", (memory_id,))
+        row = await _fetch_one(
+            tx,
+            "SELECT reply_message_ids, pinned_by, parent_channel_id, private_thread FROM memories WHERE id = ?",
+            (memory_id,),
+        )
         assert row is not None
         await append(tx, MemoryForgotten(memory_id=memory_id, reason=reason))
         await run_on_connection(tx, lambda conn: redact_forgotten(conn, [memory_id]))
@@ -242,6 +250,8 @@ async def rewrite_memory(db: Database, scope: Scope, memory_id: int, user_text: 
             user_message_id=memory.user_message_id,
             created_at=memory.created_at,
             reply_message_ids=tuple(json.loads(row[0])),
+            parent_channel_id=row[2],
+            private_thread=bool(row[3]),
         )
         new_id = await append(tx, memory_written(record, source=memory.source, wants_score=memory.wants_score))
         if memory.pinned and not memory.pin_auto:

@@ -24,7 +24,7 @@ class MemoryWritten:
     """A turn (a user message and the bot's reply) was remembered."""
 
     KIND: ClassVar[str] = "memory_written"
-    VERSION: ClassVar[int] = 2
+    VERSION: ClassVar[int] = 3
 
     bot_id: int
     scope_kind: str
@@ -47,6 +47,10 @@ class MemoryWritten:
     # The memories the prompt held when the bot wrote the reply (its provenance): a reply
     # may repeat what they said.
     drew_on: tuple[int, ...] = ()
+    # Where in the server: for a thread, its channel (`channel_id` is the thread), and whether
+    # it is private (its members alone see it).
+    parent_channel_id: int | None = None
+    private_thread: bool = False
 
     def __post_init__(self) -> None:
         # Read back from JSON it is a list; events compare equal however they were made.
@@ -133,11 +137,24 @@ Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 
 def _memory_written_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
     # Every memory before imports existed came from a chat turn.
-    return {**data, "source": SOURCE_CHAT, "wants_score": True, "reply_message_ids": (), "drew_on": ()}
+    return {**data, "source": SOURCE_CHAT, "wants_score": True}
+
+
+def _memory_written_v2_to_v3(data: dict[str, Any]) -> dict[str, Any]:
+    # Version 2 payloads were written with some or none of these (the reply's messages and the
+    # provenance came within it); where none is known, a memory said in a channel, drawing on nothing.
+    return {
+        "reply_message_ids": (),
+        "drew_on": (),
+        "parent_channel_id": None,
+        "private_thread": False,
+        **data,
+    }
 
 
 UPCASTERS: dict[tuple[str, int], Upcaster] = {
     (MemoryWritten.KIND, 1): _memory_written_v1_to_v2,
+    (MemoryWritten.KIND, 2): _memory_written_v2_to_v3,
 }
 
 

@@ -16,6 +16,7 @@ import aiosqlite
 from storage.connection_thread import run_on_connection
 from storage.scope import Scope
 from storage.sqlite import sqlite3
+from storage.visibility import ChannelFilter, condition
 
 MAX_SCORING_FAILURES = 3
 
@@ -116,36 +117,52 @@ async def _first_row(conn: aiosqlite.Connection, sql: str, params: Sequence[Any]
     return rows[0] if rows else None
 
 
-async def get_memory(conn: aiosqlite.Connection, scope: Scope, memory_id: int) -> Memory | None:
-    """The memory with this id in this scope, or None (unknown, forgotten or elsewhere)."""
+async def get_memory(
+    conn: aiosqlite.Connection, scope: Scope, memory_id: int, *, channel_filter: ChannelFilter | None = None
+) -> Memory | None:
+    """The memory with this id in this scope (that `channel_filter` lets through), or None
+    (unknown, forgotten, elsewhere, or from a channel hidden from the reader)."""
+    visible, params = condition(channel_filter)
     row = await _first_row(
         conn,
-        f"SELECT {_COLUMNS} FROM memories WHERE id = ? AND {_SCOPE_FILTER}",
-        (memory_id, *_scope_params(scope)),
+        f"SELECT {_COLUMNS} FROM memories WHERE id = ? AND {_SCOPE_FILTER} AND {visible}",
+        (memory_id, *_scope_params(scope), *params),
     )
     return _memory(row) if row else None
 
 
-async def pinned_memories(conn: aiosqlite.Connection, scope: Scope) -> list[Memory]:
-    """Every pinned memory of the scope, oldest first."""
+async def pinned_memories(
+    conn: aiosqlite.Connection, scope: Scope, *, channel_filter: ChannelFilter | None = None
+) -> list[Memory]:
+    """Every pinned memory of the scope (that `channel_filter` lets through), oldest first."""
+    visible, params = condition(channel_filter)
     rows = await _rows(
-        conn, f"SELECT {_COLUMNS} FROM memories WHERE {_SCOPE_FILTER} AND pinned = 1 ORDER BY id", _scope_params(scope)
+        conn,
+        f"SELECT {_COLUMNS} FROM memories WHERE {_SCOPE_FILTER} AND pinned = 1 AND {visible} ORDER BY id",
+        (*_scope_params(scope), *params),
     )
     return [_memory(row) for row in rows]
 
 
 async def pinned_and_recent(
-    conn: aiosqlite.Connection, scope: Scope, channel_id: int, recent: int
+    conn: aiosqlite.Connection,
+    scope: Scope,
+    channel_id: int,
+    recent: int,
+    *,
+    channel_filter: ChannelFilter | None = None,
 ) -> tuple[list[Memory], list[Memory]]:
     """`pinned_memories` and `recent_memories` in one query: what every prompt holds besides recall."""
     if recent <= 0:
-        return await pinned_memories(conn, scope), []
+        return await pinned_memories(conn, scope, channel_filter=channel_filter), []
+    visible, params = condition(channel_filter)
     rows = await _rows(
         conn,
-        f"SELECT *, 1 FROM (SELECT {_COLUMNS} FROM memories WHERE {_SCOPE_FILTER} AND pinned = 1 ORDER BY id)"
+        f"SELECT *, 1 FROM (SELECT {_COLUMNS} FROM memories WHERE {_SCOPE_FILTER} AND pinned = 1 AND {visible}"
+        " ORDER BY id)"
         f" UNION ALL SELECT *, 0 FROM (SELECT {_COLUMNS} FROM memories WHERE {_SCOPE_FILTER} AND channel_id = ?"
         " ORDER BY created_at DESC, id DESC LIMIT ?)",
-        (*_scope_params(scope), *_scope_params(scope), channel_id, recent),
+        (*_scope_params(scope), *params, *_scope_params(scope), channel_id, recent),
     )
     pinned = [_memory(row[:-1]) for row in rows if row[-1]]
     newest_first = [_memory(row[:-1]) for row in rows if not row[-1]]
@@ -177,10 +194,13 @@ async def list_memories(
     author_id: int | None = None,
     before_id: int | None = None,
     limit: int = 10,
+    channel_filter: ChannelFilter | None = None,
 ) -> list[Memory]:
-    """The scope's memories, newest first, optionally only pinned or one author's, paged by id."""
-    sql = f"SELECT {_COLUMNS} FROM memories WHERE {_SCOPE_FILTER}"
-    params: list = list(_scope_params(scope))
+    """The scope's memories, newest first, optionally only pinned or one author's, paged by id;
+    only those `channel_filter` lets through, when there is one."""
+    visible, visible_params = condition(channel_filter)
+    sql = f"SELECT {_COLUMNS} FROM memories WHERE {_SCOPE_FILTER} AND {visible}"
+    params: list = [*_scope_params(scope), *visible_params]
     if pinned_only:
         sql += " AND pinned = 1"
     if author_id is not None:
@@ -194,11 +214,18 @@ async def list_memories(
     return [_memory(row) for row in await _rows(conn, sql, params)]
 
 
-async def count_memories(conn: aiosqlite.Connection, scope: Scope, *, pinned_only: bool = False) -> int:
-    sql = f"SELECT count(*) FROM memories WHERE {_SCOPE_FILTER}"
+async def count_memories(
+    conn: aiosqlite.Connection,
+    scope: Scope,
+    *,
+    pinned_only: bool = False,
+    channel_filter: ChannelFilter | None = None,
+) -> int:
+    visible, params = condition(channel_filter)
+    sql = f"SELECT count(*) FROM memories WHERE {_SCOPE_FILTER} AND {visible}"
     if pinned_only:
         sql += " AND pinned = 1"
-    row = await _first_row(conn, sql, _scope_params(scope))
+    row = await _first_row(conn, sql, (*_scope_params(scope), *params))
     return int(row[0]) if row else 0
 
 
@@ -232,12 +259,16 @@ async def memories_by_id(conn: aiosqlite.Connection, scope: Scope, memory_ids: S
     return found
 
 
-async def drawing_on(conn: aiosqlite.Connection, scope: Scope, memory_id: int) -> list[Memory]:
+async def drawing_on(
+    conn: aiosqlite.Connection, scope: Scope, memory_id: int, *, channel_filter: ChannelFilter | None = None
+) -> list[Memory]:
     """The later memories of the scope whose prompts held `memory_id` (their replies may repeat it)."""
+    visible, params = condition(channel_filter)
     rows = await _rows(
         conn,
-        f"SELECT {_COLUMNS} FROM memories WHERE {_SCOPE_FILTER} AND id > ? AND instr(drew_on, ?) > 0 ORDER BY id",
-        (*_scope_params(scope), memory_id, f",{memory_id},"),
+        f"SELECT {_COLUMNS} FROM memories WHERE {_SCOPE_FILTER} AND id > ? AND instr(drew_on, ?) > 0"
+        f" AND {visible} ORDER BY id",
+        (*_scope_params(scope), memory_id, f",{memory_id},", *params),
     )
     return [_memory(row) for row in rows]
 

@@ -20,8 +20,8 @@ from storage.sqlite import sqlite3
 # through external content. Recall ranks with statistics of the scope alone:
 # `memories_vocab` counts the scope's memories holding each term,
 # `scope_stats` keeps each scope's number of memories and of indexed terms,
-# and `memories_lengths` gives a memory's number of indexed terms without
-# reading its row. `reply_messages` finds a memory by a message of the bot's
+# and `memories_lengths` gives a memory's number of indexed terms, and where it was
+# said, without reading its row. `reply_messages` finds a memory by a message of the bot's
 # reply (a memory is forgotten when Discord deletes one). `drew_on` lists the memories
 # a memory's prompt held, as ",12,34," for a quick search of those drawing on one.
 # The index keeps no positions (`detail = none`): recall needs which
@@ -35,6 +35,8 @@ CREATE TABLE memories (
     scope_kind TEXT NOT NULL CHECK (scope_kind IN ('guild', 'dm')),
     scope_id INTEGER NOT NULL,
     channel_id INTEGER NOT NULL,
+    parent_channel_id INTEGER,
+    private_thread INTEGER NOT NULL,
     author_id INTEGER NOT NULL,
     author_name TEXT NOT NULL,
     bot_name TEXT NOT NULL,
@@ -60,7 +62,7 @@ CREATE TABLE memories (
 CREATE INDEX memories_by_scope ON memories (bot_id, scope_kind, scope_id, id);
 CREATE INDEX memories_by_channel ON memories (bot_id, channel_id, created_at, id);
 CREATE INDEX memories_by_message ON memories (bot_id, user_message_id) WHERE user_message_id IS NOT NULL;
-CREATE INDEX memories_lengths ON memories (id, search_terms);
+CREATE INDEX memories_lengths ON memories (id, search_terms, channel_id, parent_channel_id, private_thread, author_id);
 CREATE INDEX memories_pinned ON memories (bot_id, scope_kind, scope_id, id) WHERE pinned = 1;
 CREATE INDEX memories_unscored ON memories (id) WHERE significance IS NULL AND wants_score = 1;
 CREATE VIRTUAL TABLE memories_fts USING fts5 (
@@ -144,9 +146,24 @@ CREATE TABLE departed_guilds (
 ) WITHOUT ROWID;
 """
 
+# Which channels of its servers each bot sees everyone may see now, and each thread's channel:
+# what recall may bring from one channel into another. A mirror of Discord, refreshed as
+# channels and roles change, not a projection of the log.
+_V3_CHANNEL_VISIBILITY = """
+CREATE TABLE channel_visibility (
+    bot_id INTEGER NOT NULL,
+    guild_id INTEGER NOT NULL,
+    channel_id INTEGER NOT NULL,
+    parent_id INTEGER,
+    public INTEGER NOT NULL,
+    PRIMARY KEY (bot_id, guild_id, channel_id)
+) WITHOUT ROWID;
+"""
+
 MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     (1, "event log and memory projections", _V1_LOG + PROJECTION_DDL),
     (2, "forgotten message ids and the bot's identity", _V2_IMPORT_AND_IDENTITY),
+    (3, "which channels everyone may see", _V3_CHANNEL_VISIBILITY),
 )
 
 LATEST_VERSION = MIGRATIONS[-1][0]

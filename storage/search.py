@@ -34,6 +34,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import combinations
+from typing import Any
 
 import aiosqlite
 
@@ -43,6 +44,7 @@ from storage.memories import COLUMNS, Memory, memory_from_row
 from storage.schema import FTS_COLUMNS
 from storage.scope import Scope
 from storage.sqlite import sqlite3
+from storage.visibility import ChannelFilter, condition
 
 MAX_QUERY_TERMS = 12
 # Field weights, in the order of FTS_COLUMNS: the author's name, the person's words, the reply.
@@ -98,15 +100,24 @@ def query_terms(text: str) -> list[str]:
     return distinct
 
 
-async def search(conn: aiosqlite.Connection, scope: Scope, text: str, limit: int) -> list[SearchHit]:
-    """The scope's memories best matching `text`, best first, at most `limit`."""
+async def search(
+    conn: aiosqlite.Connection, scope: Scope, text: str, limit: int, *, channel_filter: ChannelFilter | None = None
+) -> list[SearchHit]:
+    """The scope's memories best matching `text`, best first, at most `limit`; only those
+    `channel_filter` lets through, when there is one."""
     terms = query_terms(text)
     if not terms or limit <= 0:
         return []
-    return await run_on_connection(conn, lambda db: search_on(db, scope, terms, limit))
+    return await run_on_connection(conn, lambda db: search_on(db, scope, terms, limit, channel_filter))
 
 
-def search_on(db: sqlite3.Connection, scope: Scope, terms: Sequence[str], limit: int) -> list[SearchHit]:
+def search_on(
+    db: sqlite3.Connection,
+    scope: Scope,
+    terms: Sequence[str],
+    limit: int,
+    channel_filter: ChannelFilter | None = None,
+) -> list[SearchHit]:
     """`search` on a plain connection, for query terms already made (see `query_terms`)."""
     scope_params = (scope.bot_id, scope.kind, scope.id)
     stats = db.execute(
@@ -122,13 +133,17 @@ def search_on(db: sqlite3.Connection, scope: Scope, terms: Sequence[str], limit:
     if not present:
         return []
     weights = {t: _idf(memory_count, frequencies[t]) for t in present}
-    candidates = _candidates(db, present, frequencies, weights, average_length, max(limit, RESCORED))
+    visible, visible_params = condition(channel_filter, "m.")
+    candidates = _candidates(
+        db, present, frequencies, weights, average_length, max(limit, RESCORED), (visible, visible_params)
+    )
     # The candidates' rows, checked against the scope's own columns too: the guarantee does not
     # rest on the index alone. Their indexed terms give each one's exact relevance.
     rows = db.execute(
-        f"SELECT {COLUMNS}, {', '.join(FTS_COLUMNS)}, search_terms FROM memories"
-        " WHERE id IN (SELECT value FROM json_each(?)) AND bot_id = ? AND scope_kind = ? AND scope_id = ?",
-        (json.dumps(candidates), *scope_params),
+        f"SELECT {COLUMNS}, {', '.join(FTS_COLUMNS)}, search_terms FROM memories AS m"
+        " WHERE id IN (SELECT value FROM json_each(?)) AND bot_id = ? AND scope_kind = ? AND scope_id = ?"
+        f" AND {visible}",
+        (json.dumps(candidates), *scope_params, *visible_params),
     ).fetchall()
     width = len(FTS_COLUMNS) + 1
     scored = [(_relevance(row[-width:-1], row[-1], weights, average_length), row[0], row) for row in rows]
@@ -180,8 +195,10 @@ def _candidates(
     weights: dict[str, float],
     average_length: float,
     count: int,
+    visible: tuple[str, list[Any]],
 ) -> list[int]:
-    """The `count` memory ids holding the most weight of query terms, as far as the pruned search sees."""
+    """The `count` memory ids holding the most weight of query terms, as far as the pruned search sees,
+    among those the `visible` condition (on `m.`) lets through."""
     rare: list[str] = []
     spent = 0
     for term in present:
@@ -210,9 +227,19 @@ def _candidates(
         params += [f'"{first}" AND "{second}"', PAIR_MATCHES, first, weights[first], second, weights[second]]
     # A memory can be found for the same term more than once (a pair and the newest): count it once.
     # The best by the weight of their terms, then by BM25 as if each term were there once.
+    # Where the reader may not see every channel, those they may not are set aside before the
+    # shortlist, so they never crowd out the ones they may.
+    condition, condition_params = visible
+    distinct = "(SELECT DISTINCT id, term, weight FROM found)"
+    if condition != "1":
+        distinct = (
+            f"(SELECT DISTINCT f.id, f.term, f.weight FROM found AS f"
+            f" JOIN memories AS m INDEXED BY memories_lengths ON m.id = f.id WHERE {condition})"
+        )
+        params += condition_params
     sql = (
         f"WITH found (id, term, weight) AS ({' UNION ALL '.join(parts)}),"
-        " summed (id, weight) AS (SELECT id, sum(weight) FROM (SELECT DISTINCT id, term, weight FROM found)"
+        f" summed (id, weight) AS (SELECT id, sum(weight) FROM {distinct}"
         "  GROUP BY id ORDER BY 2 DESC, id DESC LIMIT ?)"
         " SELECT summed.id FROM summed JOIN memories AS m INDEXED BY memories_lengths ON m.id = summed.id"
         " ORDER BY summed.weight / (1 + ? * (1 - ? + ? * m.search_terms / ?)) DESC, summed.id DESC LIMIT ?"

@@ -187,7 +187,8 @@ async def world(harness):
     }
     ids, scopes, authors = {}, {}, {}
     for name, (scope, author, text) in seeds.items():
-        record = TurnRecord(scope, LISTEN_CHANNEL, author, f"user{author}", "Mnemo", text, "noted")
+        channel = B_CHANNEL if scope == SCOPE_B else LISTEN_CHANNEL  # DMs' channel is no matter here
+        record = TurnRecord(scope, channel, author, f"user{author}", "Mnemo", text, "noted")
         memory_id = await write_memory(bot.db, record)
         ids[name], scopes[memory_id], authors[memory_id] = memory_id, scope, author
         await record_significance(bot.db, memory_id, 3 if name in ("a-secret", "alice-dm") else 1, model="m", pin_cap=8)

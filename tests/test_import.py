@@ -203,6 +203,23 @@ def test_a_dm_export_is_the_dm_scope_of_the_person_the_bot_talked_with(tmp_path,
     ]
 
 
+@pytest.mark.parametrize("channel_type, private", [("GuildPublicThread", 0), ("GuildPrivateThread", 1)])
+def test_a_thread_export_keeps_its_channel_and_whether_it_is_private(tmp_path, config, capsys, channel_type, private):
+    document = export(HISTORY[:3], channel_type=channel_type, channel_name="plans")
+    document["channel"]["categoryId"] = "777"  # for a thread, DiscordChatExporter names its channel here
+    code, _, err = cli(capsys, "import", write_export(tmp_path, "thread.json", document), "--config", config,
+                       "--bot-id", BOT_ID)  # fmt: skip
+    assert code == 0, err
+    assert rows(config, "SELECT channel_id, parent_channel_id, private_thread FROM memories") == [
+        (CHANNEL_ID, 777, private)
+    ]
+    # A thread export without its channel imports nothing, and says why.
+    del document["channel"]["categoryId"]
+    code, _, err = cli(capsys, "import", write_export(tmp_path, "bad.json", document), "--config", config,
+                       "--bot-id", BOT_ID)  # fmt: skip
+    assert code == 1 and "channel.categoryId (the thread's channel) is not a Discord id: None" in err
+
+
 def test_score_queues_the_imported_memories_for_the_classifier(tmp_path, config, capsys):
     path = write_export(tmp_path, "general.json", export(HISTORY))
     assert cli(capsys, "import", path, "--score", "--config", config, "--bot-id", BOT_ID)[0] == 0

@@ -9,6 +9,7 @@ from storage import search
 from storage.commands import TurnRecord, forget_memory, import_memories, write_memory
 from storage.events import MemoryWritten
 from storage.scope import Scope
+from storage.visibility import ChannelFilter
 
 BOT = 1000
 GUILD = Scope.for_guild(BOT, 10)
@@ -127,6 +128,17 @@ async def test_recall_never_crosses_scopes(db):
         assert [r.memory.scope for r in found] == [scope]
     # Even another scope's raw index term finds nothing here.
     assert await ids_recalled(db, GUILD, f"{OTHER_GUILD.token}pineappl") == []
+
+
+async def test_a_channel_filter_sets_others_aside_before_they_can_crowd_out_the_channels_own(db):
+    # More matches elsewhere than the shortlist holds, all better (shorter, newer) than the one here.
+    elsewhere = [turn(GUILD, f"tea tea {i}", channel=CHANNEL + 1, at=T0 + i + 1) for i in range(search.SHORTLIST * 2)]
+    here = turn(GUILD, "we talked about green tea and biscuits and the weather at length", channel=CHANNEL, at=T0)
+    await remember_all(db, [here, *elsewhere])
+    here_id = await memory_id_of(db, here.user_message_id)
+    only_here = ChannelFilter(channels=frozenset({CHANNEL}))
+    assert await ids_recalled(db, GUILD, "tea", channel_filter=only_here) == [here_id]
+    assert here_id not in await ids_recalled(db, GUILD, "tea")
 
 
 async def test_forgotten_memories_are_not_recalled_and_leave_the_scope_statistics(db):

@@ -1,5 +1,6 @@
 import asyncio
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -70,6 +71,20 @@ def test_old_payload_versions_are_upcast(monkeypatch):
         decode("memory_forgotten", 3, '{"memory_id": 4}')
     with pytest.raises(events_module.UnknownEvent):
         decode("memory_teleported", 1, "{}")
+
+
+def test_every_stored_version_of_a_written_memory_reads_as_the_current_one():
+    base = {
+        "bot_id": BOT, "scope_kind": "guild", "scope_id": 10, "channel_id": 5, "author_id": 7,
+        "author_name": "alice", "bot_name": "Mnemo", "user_text": "hi", "reply_text": "hello",
+        "user_message_id": 99, "created_at": 1.5, "redacted": False,
+    }  # fmt: skip
+    expected = MemoryWritten(BOT, "guild", 10, 5, 7, "alice", "Mnemo", "hi", "hello", 99, 1.5)
+    v2_first = {**base, "source": "chat", "wants_score": True}
+    v2_later = {**v2_first, "reply_message_ids": [12], "drew_on": [3]}  # what version 2 grew to hold
+    assert decode("memory_written", 1, json.dumps(base)) == expected
+    assert decode("memory_written", 2, json.dumps(v2_first)) == expected
+    assert decode("memory_written", 2, json.dumps(v2_later)) == replace(expected, reply_message_ids=(12,), drew_on=(3,))
 
 
 async def test_failed_transaction_leaves_neither_event_nor_row(db):

@@ -108,6 +108,7 @@ class ChannelType(enum.IntEnum):
     GUILD_TEXT = 0
     DM = 1
     PUBLIC_THREAD = 11
+    PRIVATE_THREAD = 12
 
 
 class InteractionType(enum.IntEnum):
@@ -169,6 +170,15 @@ DEFAULT_MEMBER_PERMISSIONS = discord.Permissions(
     connect=True,
     speak=True,
 ).value
+
+# Seeing a channel and its past: what makes one public when @everyone has it there.
+PUBLIC_CHANNEL_PERMISSIONS = discord.Permissions(view_channel=True, read_message_history=True).value
+OVERWRITE_ROLE, OVERWRITE_MEMBER = 0, 1
+
+
+def _overwrite(target_id: int, kind: int, *, allow: int = 0, deny: int = 0) -> JSON:
+    return {"id": str(target_id), "type": kind, "allow": str(allow), "deny": str(deny)}
+
 
 USER_MENTION = re.compile(r"<@!?(\d+)>")
 ROLE_MENTION = re.compile(r"<@&(\d+)>")
@@ -265,6 +275,10 @@ class FakeChannel:
     parent_id: int | None = None  # threads only
     recipient_id: int | None = None  # DMs only
     position: int = 0
+    # Guild channels: Discord's permission overwrites. By default @everyone may see the channel
+    # (@everyone's role grants nothing in this fake; members get their rights from roles).
+    overwrites: list[JSON] = field(default_factory=list)
+    thread_member_ids: list[int] = field(default_factory=list)  # private threads only
 
 
 @dataclass
@@ -550,7 +564,12 @@ class FakeDiscord:
         self.guilds[guild_id] = guild
         for position, channel_id in enumerate(guild.channel_ids):
             self.channels[channel_id] = FakeChannel(
-                channel_id, ChannelType.GUILD_TEXT, f"channel-{position}", guild_id, position=position
+                channel_id,
+                ChannelType.GUILD_TEXT,
+                f"channel-{position}",
+                guild_id,
+                position=position,
+                overwrites=[_overwrite(guild_id, OVERWRITE_ROLE, allow=PUBLIC_CHANNEL_PERMISSIONS)],
             )
         for thread_id, parent_id in (threads or {}).items():
             self.channels[thread_id] = FakeChannel(
@@ -581,6 +600,38 @@ class FakeDiscord:
             if session.intents & Intent.GUILD_MEMBERS or user_id == self.bot_user_id:
                 member_update = {"guild_id": str(guild_id), **self._member(guild, user_id)}
                 session.dispatch("GUILD_MEMBER_UPDATE", member_update)
+
+    def make_channel_private(self, channel_id: int, member_ids: Iterable[int]) -> None:
+        """Only these members (and the bot) may see the channel: @everyone denied, them allowed."""
+        channel = self.channels[channel_id]
+        assert channel.guild_id is not None
+        seeing = [self.bot_user_id, *member_ids]
+        channel.overwrites = [
+            _overwrite(channel.guild_id, OVERWRITE_ROLE, deny=PUBLIC_CHANNEL_PERMISSIONS),
+            *(_overwrite(user_id, OVERWRITE_MEMBER, allow=PUBLIC_CHANNEL_PERMISSIONS) for user_id in seeing),
+        ]
+        if self._session is not None:
+            self._session.dispatch("CHANNEL_UPDATE", self._channel_payload(channel))
+
+    def add_thread(
+        self, thread_id: int, parent_id: int, *, private: bool = False, member_ids: Iterable[int] = ()
+    ) -> None:
+        """A thread in a guild channel (a private one, for `member_ids` and the bot): THREAD_CREATE."""
+        parent = self.channels[parent_id]
+        assert parent.guild_id is not None
+        kind = ChannelType.PRIVATE_THREAD if private else ChannelType.PUBLIC_THREAD
+        thread = FakeChannel(
+            thread_id,
+            kind,
+            f"thread-{thread_id}",
+            parent.guild_id,
+            parent_id=parent_id,
+            thread_member_ids=[self.bot_user_id, *member_ids],
+        )
+        self.channels[thread_id] = thread
+        self.guilds[parent.guild_id].thread_ids.append(thread_id)
+        if self._session is not None:
+            self._session.dispatch("THREAD_CREATE", self._channel_payload(thread) | {"newly_created": True})
 
     def dm_channel_id(self, user_id: int) -> int:
         """The DM channel between ``user_id`` and the bot, created on first use."""
@@ -653,7 +704,7 @@ class FakeDiscord:
             "rate_limit_per_user": 0,
             "flags": 0,
         }
-        if channel.type is ChannelType.PUBLIC_THREAD:
+        if channel.type in (ChannelType.PUBLIC_THREAD, ChannelType.PRIVATE_THREAD):
             data |= {
                 "parent_id": str(channel.parent_id),
                 "owner_id": str(self.bot_user_id),
@@ -668,7 +719,7 @@ class FakeDiscord:
                 },
             }
         else:
-            data |= {"position": channel.position, "permission_overwrites": [], "nsfw": False}
+            data |= {"position": channel.position, "permission_overwrites": channel.overwrites, "nsfw": False}
         if permissions_for is not None and channel.guild_id is not None:
             data["permissions"] = str(self.guilds[channel.guild_id].permissions_of(permissions_for))
         return data

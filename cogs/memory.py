@@ -100,6 +100,11 @@ def readable_by(interaction: discord.Interaction) -> ChannelFilter | None:
             readable.add(channel.id)
             if permissions.manage_threads:
                 manages_threads.add(channel.id)
+    # Threads by their own ids too, for memories that do not know their thread's channel.
+    for thread in guild.threads:
+        private = thread.type is discord.ChannelType.private_thread
+        if thread.parent_id in (manages_threads if private else readable):
+            readable.add(thread.id)
     return ChannelFilter(
         channels=frozenset(readable),
         thread_parents=frozenset(readable),

@@ -45,8 +45,6 @@ class Privacy(commands.Cog):
     async def cog_unload(self) -> None:
         self.purge_check.cancel()
 
-    # servers
-
     # which channels everyone may see (what recall may carry from one channel to another)
 
     async def record_channels(self, guild: discord.Guild) -> None:

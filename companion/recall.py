@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import aiosqlite
 
@@ -44,16 +44,18 @@ def place_filter(
 ) -> ChannelFilter | None:
     """Which memories a prompt in this channel (or thread, of `parent_channel_id`) may hold.
 
-    In a server, by `[memory] share_across_channels`: "public" lets in what was said here (in a
-    thread, in its channel too) and in channels everyone may see now; "none" only the former;
-    "all" everything. In DMs, everything: they are one person's.
+    In a server, by `[memory] share_across_channels`: "public" lets in what was said in this
+    channel and its public threads (in a thread: the thread, its channel and that channel's
+    public threads) and in channels everyone may see now; "none" only the former; "all"
+    everything. In DMs, everything: they are one person's.
     """
     if scope.kind == "dm" or share_across_channels == "all":
         return None
-    here = frozenset(c for c in (channel_id, parent_channel_id) if c is not None)
+    home = parent_channel_id if parent_channel_id is not None else channel_id
+    here = ChannelFilter(channels=frozenset({channel_id, home}), thread_parents=frozenset({home}))
     if share_across_channels == "none":
-        return ChannelFilter(channels=here)
-    return ChannelFilter(channels=here, public_of_guild=scope)
+        return here
+    return replace(here, public_of_guild=scope)
 
 
 async def find(

@@ -225,27 +225,51 @@ def _candidates(
     for first, second in combinations(common, 2):
         parts.append(_PAIR_MATCHES)
         params += [f'"{first}" AND "{second}"', PAIR_MATCHES, first, weights[first], second, weights[second]]
-    # A memory can be found for the same term more than once (a pair and the newest): count it once.
-    # The best by the weight of their terms, then by BM25 as if each term were there once.
-    # Where the reader may not see every channel, those they may not are set aside before the
-    # shortlist, so they never crowd out the ones they may.
-    condition, condition_params = visible
+    ranking = (average_length, count)
+    if visible[0] == "1":
+        return [memory_id for memory_id, _ in db.execute(*_shortlist(parts, params, ranking))]
+    # Where the reader may not see every channel, the shortlist's hidden memories are set aside.
+    # When that leaves too few (most matches were said where the reader may not look), the hidden
+    # ones are set aside before the shortlist instead, so they can never crowd out the others:
+    # that looks up where every match was said, so only when it is needed.
+    rows = db.execute(*_shortlist(parts, params, ranking, after=visible)).fetchall()
+    if rows and rows[0][1] >= max(count, SHORTLIST // 2):
+        return [memory_id for memory_id, _ in rows]
+    return [memory_id for memory_id, _ in db.execute(*_shortlist(parts, params, ranking, before=visible))]
+
+
+def _shortlist(
+    parts: list[str],
+    params: list[object],
+    ranking: tuple[float, int],
+    *,
+    before: tuple[str, list[Any]] = ("1", []),
+    after: tuple[str, list[Any]] = ("1", []),
+) -> tuple[str, list[object]]:
+    """The query for the candidates, as (memory id, how many passed `after`), and its parameters.
+
+    `parts` find the matches; a memory found for the same term more than once (a pair and the
+    newest) counts once. The best SHORTLIST by the weight of their terms, then the best `count`
+    (of `ranking`) by BM25 as if each term were there once. A condition on `m.` (the memories)
+    may set some aside `before` the shortlist or `after` it.
+    """
+    average_length, count = ranking
     distinct = "(SELECT DISTINCT id, term, weight FROM found)"
-    if condition != "1":
+    if before[0] != "1":
         distinct = (
-            f"(SELECT DISTINCT f.id, f.term, f.weight FROM found AS f"
-            f" JOIN memories AS m INDEXED BY memories_lengths ON m.id = f.id WHERE {condition})"
+            "(SELECT DISTINCT f.id, f.term, f.weight FROM found AS f"
+            f" JOIN memories AS m INDEXED BY memories_lengths ON m.id = f.id WHERE {before[0]})"
         )
-        params += condition_params
     sql = (
         f"WITH found (id, term, weight) AS ({' UNION ALL '.join(parts)}),"
         f" summed (id, weight) AS (SELECT id, sum(weight) FROM {distinct}"
         "  GROUP BY id ORDER BY 2 DESC, id DESC LIMIT ?)"
-        " SELECT summed.id FROM summed JOIN memories AS m INDEXED BY memories_lengths ON m.id = summed.id"
+        " SELECT summed.id, count(*) OVER () FROM summed"
+        " JOIN memories AS m INDEXED BY memories_lengths ON m.id = summed.id"
+        f" WHERE {after[0]}"
         " ORDER BY summed.weight / (1 + ? * (1 - ? + ? * m.search_terms / ?)) DESC, summed.id DESC LIMIT ?"
     )
-    params += [SHORTLIST, K1, B, B, average_length, count]
-    return [row[0] for row in db.execute(sql, params)]
+    return sql, [*params, *before[1], SHORTLIST, *after[1], K1, B, B, average_length, count]
 
 
 def _relevance(fields: Sequence[str], length: int, weights: dict[str, float], average_length: float) -> float:

@@ -26,6 +26,7 @@ from tests.harness import (
 from tests.test_recall_cli import run_cli
 
 PRIVATE_THREAD = 105
+STAFF_THREAD = 106
 NO_SUCH = "There's no such memory here."
 MANAGE_THREADS = discord.Permissions(
     view_channel=True, send_messages=True, read_message_history=True, manage_threads=True
@@ -93,6 +94,13 @@ async def test_a_private_channels_memories_never_reach_a_prompt_elsewhere(harnes
     # Where it was said, it is recalled; and what was said in public flows into the private channel.
     here = await prompt_after(harness, OTHER_CHANNEL, BOB, "which venue for the surprise party? and the picnic?")
     assert "Quokka Lounge" in here and "Wombat Park" in here
+    # A thread of the private channel has the same audience: each recalls the other, nothing leaves.
+    harness.discord.add_thread(STAFF_THREAD, OTHER_CHANNEL)
+    await wait_for_recorded(harness.bot, {STAFF_THREAD: False})
+    await remembered(harness, STAFF_THREAD, BOB, "the party cake comes from Bilby Bakery")
+    assert "Quokka" in await prompt_after(harness, STAFF_THREAD, BOB, "what venue did we pick for the party?")
+    assert "Bilby" in await prompt_after(harness, OTHER_CHANNEL, BOB, "where is the party cake from?")
+    assert "Bilby" not in await prompt_after(harness, LISTEN_CHANNEL, CAROL, "where is the party cake from?")
 
     # The command line shows what those prompts got.
     config = write_config(tmp_path, harness.discord, harness.llm)

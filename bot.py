@@ -277,9 +277,10 @@ class CompanionBot(commands.Bot):
             return new_id
         return None
 
-    async def forget_scope(self, scope: Scope, *, reason: str) -> int:
-        """Forget every memory of a scope (a server the bot left); how many there were."""
-        memory_ids = await memories.memory_ids(self.db.reader, scope)
+    async def forget_scope(self, scope: Scope, *, reason: str, channel_id: int | None = None) -> int:
+        """Forget every memory of a scope (a server the bot left), or of one of its channels with its
+        threads (a deleted channel); how many there were."""
+        memory_ids = await memories.memory_ids(self.db.reader, scope, channel_id=channel_id)
         forgotten = await forget_memories(self.db, scope, memory_ids, actor_id=None, reason=reason)
         if forgotten:
             await self.after_forget(forgotten)

@@ -1,8 +1,8 @@
 """The bot forgets what Discord forgets.
 
-Deleted messages take their memories with them, and an edited message's
-memory follows the edit (raw events, so messages the bot never cached
-count too). A server the bot is removed from has its
+Deleted messages take their memories with them, and so do deleted channels
+and threads; an edited message's memory follows the edit (raw events, so
+messages the bot never cached count too). A server the bot is removed from has its
 memories forgotten after `[privacy] removed_guild_grace_days`, unless the
 bot is added back first; removals while the bot was away are caught up on
 at start.
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 DELETED_IN_DISCORD = "deleted in Discord"
 EDITED_IN_DISCORD = "edited in Discord"
+CHANNEL_DELETED = "its channel was deleted in Discord"
 REMOVED_FROM_SERVER = "the bot was removed from the server"
 DAY_SECONDS = 86_400
 PURGE_CHECK_HOURS = 1.0
@@ -81,6 +82,7 @@ class Privacy(commands.Cog):
     @commands.Cog.listener()
     async def on_guild_channel_delete(self, channel: discord.abc.GuildChannel) -> None:
         await self.record_channels(channel.guild)
+        await self._forget_channel(channel.guild.id, channel.id)
 
     @commands.Cog.listener()
     async def on_guild_role_update(self, before: discord.Role, after: discord.Role) -> None:
@@ -96,8 +98,26 @@ class Privacy(commands.Cog):
         await self.record_channels(after.guild)
 
     @commands.Cog.listener()
-    async def on_thread_delete(self, thread: discord.Thread) -> None:
-        await self.record_channels(thread.guild)
+    async def on_raw_thread_delete(self, payload: discord.RawThreadDeleteEvent) -> None:
+        # Raw: a thread the bot never cached (an archived one) takes its memories with it too.
+        guild = self.bot.get_guild(payload.guild_id)
+        if guild is not None:
+            await self.record_channels(guild)
+        await self._forget_channel(payload.guild_id, payload.thread_id)
+
+    async def _forget_channel(self, guild_id: int, channel_id: int) -> None:
+        """A deleted channel's messages are gone from Discord, and so are their memories."""
+        if self.bot.user is None:
+            return
+        scope = Scope.for_guild(self.bot.user.id, guild_id)
+        try:
+            count = await self.bot.forget_scope(scope, reason=CHANNEL_DELETED, channel_id=channel_id)
+        except Exception:
+            # The memories stay until someone forgets them by hand (or the server removes the bot).
+            log.exception("could not forget the memories of deleted channel %s", channel_id)
+            return
+        if count:
+            log.info("forgot the %d memories of channel %s: it was deleted in Discord", count, channel_id)
 
     # servers
 

@@ -273,13 +273,19 @@ async def drawing_on(
     return [_memory(row) for row in rows]
 
 
-async def memory_ids(conn: aiosqlite.Connection, scope: Scope, *, author_id: int | None = None) -> list[int]:
-    """The ids of every memory of the scope (of one author's turns, with `author_id`), oldest first."""
+async def memory_ids(
+    conn: aiosqlite.Connection, scope: Scope, *, author_id: int | None = None, channel_id: int | None = None
+) -> list[int]:
+    """The ids of every memory of the scope, oldest first: of one author's turns, with `author_id`;
+    said in a channel or its threads (or in a thread), with `channel_id`."""
     sql = f"SELECT id FROM memories WHERE {_SCOPE_FILTER}"
     params: list[Any] = list(_scope_params(scope))
     if author_id is not None:
         sql += " AND author_id = ?"
         params.append(author_id)
+    if channel_id is not None:
+        sql += " AND (channel_id = ? OR parent_channel_id = ?)"
+        params += [channel_id, channel_id]
     return [row[0] for row in await _rows(conn, sql + " ORDER BY id", params)]
 
 

@@ -227,15 +227,16 @@ def _candidates(
         params += [f'"{first}" AND "{second}"', PAIR_MATCHES, first, weights[first], second, weights[second]]
     ranking = (average_length, count)
     if visible[0] == "1":
-        return [memory_id for memory_id, _ in db.execute(*_shortlist(parts, params, ranking))]
+        return [row[0] for row in db.execute(*_shortlist(parts, params, ranking))]
     # Where the reader may not see every channel, the shortlist's hidden memories are set aside.
     # When that leaves too few (most matches were said where the reader may not look), the hidden
     # ones are set aside before the shortlist instead, so they can never crowd out the others:
     # that looks up where every match was said, so only when it is needed.
     rows = db.execute(*_shortlist(parts, params, ranking, after=visible)).fetchall()
-    if rows and rows[0][1] >= max(count, SHORTLIST // 2):
-        return [memory_id for memory_id, _ in rows]
-    return [memory_id for memory_id, _ in db.execute(*_shortlist(parts, params, ranking, before=visible))]
+    candidates, passed = rows[0][1:] if rows else (SHORTLIST + 1, 0)
+    if candidates <= SHORTLIST or passed >= max(count, SHORTLIST // 2):
+        return [row[0] for row in rows]  # every candidate was shortlisted, or enough of them passed
+    return [row[0] for row in db.execute(*_shortlist(parts, params, ranking, before=visible))]
 
 
 def _shortlist(
@@ -246,7 +247,8 @@ def _shortlist(
     before: tuple[str, list[Any]] = ("1", []),
     after: tuple[str, list[Any]] = ("1", []),
 ) -> tuple[str, list[object]]:
-    """The query for the candidates, as (memory id, how many passed `after`), and its parameters.
+    """The query for the candidates' memory ids (with `after`, also how many candidates there were
+    before the shortlist, and how many of those shortlisted passed), and its parameters.
 
     `parts` find the matches; a memory found for the same term more than once (a pair and the
     newest) counts once. The best SHORTLIST by the weight of their terms, then the best `count`
@@ -254,6 +256,9 @@ def _shortlist(
     may set some aside `before` the shortlist or `after` it.
     """
     average_length, count = ranking
+    # Counted only where a condition sets memories aside after the shortlist: the candidates
+    # before it (a window on the groups counts them all, before the LIMIT), and those that pass.
+    counted = after[0] != "1"
     distinct = "(SELECT DISTINCT id, term, weight FROM found)"
     if before[0] != "1":
         distinct = (
@@ -262,9 +267,9 @@ def _shortlist(
         )
     sql = (
         f"WITH found (id, term, weight) AS ({' UNION ALL '.join(parts)}),"
-        f" summed (id, weight) AS (SELECT id, sum(weight) FROM {distinct}"
-        "  GROUP BY id ORDER BY 2 DESC, id DESC LIMIT ?)"
-        " SELECT summed.id, count(*) OVER () FROM summed"
+        f" summed (id, weight, total) AS (SELECT id, sum(weight), {'count(*) OVER ()' if counted else 0}"
+        f"  FROM {distinct} GROUP BY id ORDER BY 2 DESC, id DESC LIMIT ?)"
+        f" SELECT summed.id{', summed.total, count(*) OVER ()' if counted else ''} FROM summed"
         " JOIN memories AS m INDEXED BY memories_lengths ON m.id = summed.id"
         f" WHERE {after[0]}"
         " ORDER BY summed.weight / (1 + ? * (1 - ? + ? * m.search_terms / ?)) DESC, summed.id DESC LIMIT ?"

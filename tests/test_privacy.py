@@ -17,11 +17,15 @@ from tests.harness import (
     GUILD_A,
     GUILD_B,
     LISTEN_CHANNEL,
+    OTHER_CHANNEL,
     SCOPE_A,
     SCOPE_B,
+    THREAD_IN_LISTEN,
 )
 from tests.projection_check import live_and_rebuilt
 from tests.test_recall_cli import run_cli
+
+OTHER_THREAD = 107
 
 
 async def wait_until(predicate, timeout: float = 10) -> None:
@@ -117,6 +121,30 @@ async def _gone(bot, word: str) -> bool:
 
 async def _count_is(bot, count: int) -> bool:
     return await memories.count_memories(bot.db.reader, SCOPE_A) == count
+
+
+async def test_a_deleted_channel_or_thread_takes_its_memories_with_it(harness):
+    bot = await harness.start_bot(discord={"listen_channel_ids": [LISTEN_CHANNEL, OTHER_CHANNEL]})
+    harness.discord.add_thread(OTHER_THREAD, OTHER_CHANNEL)
+    for channel_id, text in (
+        (OTHER_CHANNEL, "the old channel's plan: meet at the pier"),
+        (OTHER_THREAD, "the old thread's detail: bring a lantern"),
+        (THREAD_IN_LISTEN, "the listen thread's aside: the ferry is late"),
+        (LISTEN_CHANNEL, "the listen channel stays"),
+    ):
+        await harness.say(channel_id, ALICE, text)
+    await harness.wait_for_memories(4)
+
+    harness.discord.delete_channel(OTHER_CHANNEL)  # its thread goes with it
+    await wait_until(lambda: _count_is(bot, 2))
+    assert await memory_texts(bot) == ["the listen thread's aside: the ferry is late", "the listen channel stays"]
+    harness.discord.delete_channel(THREAD_IN_LISTEN)
+    await wait_until(lambda: _count_is(bot, 1))
+    assert await memory_texts(bot) == ["the listen channel stays"]
+    assert await forgotten_reasons(bot) == ["its channel was deleted in Discord"] * 3
+    await bot.db.checkpoint()
+    for word in (b"pier", b"lantern", b"ferry"):
+        assert word not in bot.db.path.read_bytes()
 
 
 async def test_a_server_that_removes_the_bot_is_forgotten_after_the_grace_period(harness):

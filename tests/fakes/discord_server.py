@@ -1084,6 +1084,32 @@ class FakeDiscord:
         self._dispatch_message_event("MESSAGE_UPDATE", message, required=True)
         return copy.deepcopy(message)
 
+    def delete_channel(self, channel_id: int) -> None:
+        """A channel (with its threads) or a thread is deleted: CHANNEL_DELETE, or THREAD_DELETE
+        with the thread's ids only, as Discord sends it; their messages go with them."""
+        channel = self.channels.pop(channel_id)
+        assert channel.guild_id is not None
+        guild = self.guilds[channel.guild_id]
+        if channel.type in (ChannelType.PUBLIC_THREAD, ChannelType.PRIVATE_THREAD):
+            guild.thread_ids.remove(channel_id)
+            event, payload = (
+                "THREAD_DELETE",
+                {
+                    "id": str(channel_id),
+                    "guild_id": str(channel.guild_id),
+                    "parent_id": str(channel.parent_id),
+                    "type": int(channel.type),
+                },
+            )
+        else:
+            guild.channel_ids.remove(channel_id)
+            for thread_id in [t for t in guild.thread_ids if self.channels[t].parent_id == channel_id]:
+                guild.thread_ids.remove(thread_id)
+                self.channels.pop(thread_id)
+            event, payload = "CHANNEL_DELETE", self._channel_payload(channel)
+        if self._session is not None:
+            self._session.dispatch(event, payload)
+
     def remove_bot_from_guild(self, guild_id: int) -> None:
         """The bot is kicked from (or leaves) a guild: GUILD_DELETE without `unavailable`."""
         guild = self.guilds.pop(guild_id)

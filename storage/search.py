@@ -25,6 +25,12 @@ the best SHORTLIST of those by BM25 with their lengths, as if each term
 were there once; and the best RESCORED of those are scored exactly, field
 by field, from their indexed terms. Everything runs in one hop to the
 connection's thread.
+
+A reader kept from some channels (storage/visibility.py) gets only the
+candidates said where they may look; those set aside never take a place
+another could have had. The newest matches of a common term are taken
+before that, so a question of common words only, asked where few of the
+matches were said, may find fewer.
 """
 
 from __future__ import annotations

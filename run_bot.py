@@ -11,4 +11,4 @@ import sys
 from scripts.bootstrap import exec_in_venv
 
 if __name__ == "__main__":
-    exec_in_venv("requirements.txt", ["bot.py", *sys.argv[1:]])
+    exec_in_venv("requirements.lock", ["bot.py", *sys.argv[1:]])

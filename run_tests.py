@@ -10,4 +10,4 @@ import sys
 from scripts.bootstrap import exec_in_venv
 
 if __name__ == "__main__":
-    exec_in_venv("requirements-dev.txt", ["-m", "pytest", *sys.argv[1:]])
+    exec_in_venv("requirements-dev.lock", ["-m", "pytest", *sys.argv[1:]])

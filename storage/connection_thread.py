@@ -18,6 +18,8 @@ async def run_on_connection(conn: aiosqlite.Connection, work: Callable[[sqlite3.
     Every `await conn.execute(...)` is a hop to that thread and back (40 to 60 µs
     here), and a turn's write is several statements, so they run in one call.
     aiosqlite has no public API for this; `_execute` is what its own methods
-    run on (aiosqlite is pinned in requirements.txt).
+    run on (aiosqlite is pinned in requirements.txt, and
+    tests/test_dependency_hooks.py names `_execute` or `_conn` if an upgrade
+    changes them).
     """
     return await conn._execute(lambda: work(conn._conn))

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import gc
 import hashlib
 import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections import OrderedDict
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import discord
 import yarl
 from discord import app_commands
@@ -35,7 +38,7 @@ from discord.ext import commands
 
 from cogs.replies import UserFacingError, send_ephemeral, storage_error_text
 from companion.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
-from companion.llm import LLMClient
+from companion.llm import EndpointProbe, LLMClient
 from companion.operations import Operations
 from companion.significance import Classifier
 from companion.turns import TurnService
@@ -68,6 +71,13 @@ CHECKPOINT_RETRY_SECONDS = 5
 CHECKPOINT_RETRIES = 120
 # Message ids Discord deleted lately, remembered so a turn answered meanwhile is not kept.
 RECENTLY_DELETED_MESSAGES = 10_000
+# The gateway's close code for a token it does not accept.
+GATEWAY_AUTHENTICATION_FAILED = 4004
+# The application's owners (its team) change in the developer portal, not through the gateway:
+# they are fetched again this often, and before every owner check.
+OWNERS_REFRESH_SECONDS = 600
+# An owner check runs before a command answers, within Discord's 3 s: a slow fetch falls back.
+OWNERS_FETCH_TIMEOUT_SECONDS = 2.0
 
 
 @dataclass
@@ -132,6 +142,9 @@ class CompanionBot(commands.Bot):
         )
         self.started_at = time.time()
         self.app_owner_ids: frozenset[int] = frozenset()
+        # What the start-up request to the model endpoint found; None until it is back.
+        self.llm_probe: EndpointProbe | None = None
+        self._background: list[asyncio.Task[None]] = []
         # Set while a restore runs: messages get this answer instead of a turn.
         self.paused_reason: str | None = None
         self._checkpoint_retry: asyncio.Task[None] | None = None
@@ -142,12 +155,31 @@ class CompanionBot(commands.Bot):
 
     async def setup_hook(self) -> None:
         self.app_owner_ids = await self._fetch_app_owner_ids()
+        # In the background: neither may delay the gateway connection.
+        self._background += [
+            asyncio.create_task(self._probe_llm(), name="llm-probe"),
+            asyncio.create_task(self._refresh_owners_periodically(), name="owners-refresh"),
+        ]
         await self._record_identity()
         for extension in INITIAL_EXTENSIONS:
             await self.load_extension(extension)
         await self.sync_commands_if_changed()
         self.scoring.start()
         await self.operations.start()
+
+    async def _probe_llm(self) -> None:
+        """Say once, at start, whether the model endpoint answers; the bot runs either way."""
+        probe = await self.llm.probe()
+        self.llm_probe = probe
+        base_url = self.config.llm.base_url
+        if probe.kind == "reachable":
+            log.info("model endpoint %s is reachable (%s)", base_url, probe.summary)
+        elif probe.kind == "rejected":
+            log.warning("model endpoint %s rejected the API key (%s); replies will fail", base_url, probe.summary)
+        else:
+            log.warning(
+                "model endpoint %s is unreachable (%s); replies will fail until it answers", base_url, probe.summary
+            )
 
     async def _record_identity(self) -> None:
         """Note the bot's user id in the database, for `recall` and `import` at the command line."""
@@ -184,11 +216,35 @@ class CompanionBot(commands.Bot):
             )
         return frozenset({app.owner.id})
 
+    async def refresh_app_owner_ids(self) -> frozenset[int]:
+        """The application's owners, fetched afresh; if Discord does not answer, the last known ones."""
+        try:
+            async with asyncio.timeout(OWNERS_FETCH_TIMEOUT_SECONDS):
+                self.app_owner_ids = await self._fetch_app_owner_ids()
+        except (discord.HTTPException, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            problem = "no answer in time" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+            log.warning("could not fetch the application's owners (%s); using the ones known before", problem)
+        return self.app_owner_ids
+
+    async def _refresh_owners_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(OWNERS_REFRESH_SECONDS)
+            await self.refresh_app_owner_ids()
+
     async def is_owner_id(self, user_id: int) -> bool:
-        """Whether the user is one of the bot's owners: `[discord] owner_ids` or the application's owner."""
-        return user_id in self.config.discord.owner_ids or user_id in self.app_owner_ids
+        """Whether the user is one of the bot's owners: `[discord] owner_ids` or the application's owner.
+
+        The application's owners are fetched before deciding, so someone
+        removed from its team loses access at once, without a restart.
+        """
+        if user_id in self.config.discord.owner_ids:
+            return True
+        return user_id in await self.refresh_app_owner_ids()
 
     async def close(self) -> None:
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         await self.operations.stop()
         await self.scoring.stop()
         if self._checkpoint_retry is not None:
@@ -353,14 +409,17 @@ async def _run_bot(config: Config, token: str) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, lambda: asyncio.ensure_future(bot.close()))
+    discord_config = config.discord
     try:
         async with bot:
             await bot.start(token)
-    except discord.LoginFailure:
-        print(
-            "error: Discord rejected the bot token; check the variable named by [discord] token_env",
-            file=sys.stderr,
-        )
+    except discord.LoginFailure as exc:
+        status = exc.__cause__.status if isinstance(exc.__cause__, discord.HTTPException) else 401
+        print(f"error: Discord rejected the token in {discord_config.token_env} ({status})", file=sys.stderr)
+        return 1
+    except aiohttp.ClientConnectionError as exc:
+        # Unreachable at login (or while setting up): discord.py gives up on these at once.
+        print(f"error: cannot reach Discord at {discord_config.api_base} ({_connection_problem(exc)})", file=sys.stderr)
         return 1
     except discord.PrivilegedIntentsRequired:
         print(
@@ -368,9 +427,30 @@ async def _run_bot(config: Config, token: str) -> int:
             file=sys.stderr,
         )
         return 1
+    except discord.ConnectionClosed as exc:
+        # An unreachable gateway is retried for ever; what ends start() is a close code meaning "do not retry".
+        if exc.code == GATEWAY_AUTHENTICATION_FAILED:
+            print(
+                f"error: Discord rejected the token in {discord_config.token_env} (gateway close code {exc.code})",
+                file=sys.stderr,
+            )
+        else:
+            print(f"error: Discord's gateway closed the connection with code {exc.code}", file=sys.stderr)
+        return 1
     finally:
         await bot.release_resources()
     return 0
+
+
+def _connection_problem(exc: aiohttp.ClientConnectionError) -> str:
+    """Why a connection failed, in the system's words: "Name or service not known", "Connection refused"."""
+    if not isinstance(exc, aiohttp.ClientConnectorError):
+        return str(exc) or type(exc).__name__
+    os_error = exc.os_error
+    if not isinstance(os_error, socket.gaierror) and os_error.errno in errno.errorcode:
+        # asyncio's own text names the address ("Connect call failed ('127.0.0.1', 9)"); the base is named already.
+        return os.strerror(os_error.errno)
+    return os_error.strerror or str(os_error)
 
 
 def cmd_rebuild(config: Config, *, full: bool) -> int:

@@ -369,6 +369,8 @@ def _config_document(session: Session) -> dict[str, Any]:
         },
         "persona": {"name": BOT_NAME},
         "storage": {"data_dir": str(session.workdir / "data")},
+        # A few generated people send every turn; the per-person limit would measure itself.
+        "chat": {"user_turns_per_minute": 0},
     }
 
 

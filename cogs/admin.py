@@ -18,6 +18,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from cogs.replies import UserFacingError, owner_only, send_ephemeral
+from companion.llm import EndpointProbe
 from companion.operations import OperationsStatus, RestoreReport
 from storage.backups import BackupError, BackupInfo, InvalidBackup, UnknownBackup
 from storage.snapshots import SnapshotError
@@ -219,6 +220,8 @@ class Status(commands.Cog):
             _backup_status(ops),
             _snapshot_status(ops),
             _jobs_status(ops),
+            _limits_status(bot),
+            _llm_probe_status(bot.llm_probe, bot.config.llm.base_url),
         ]
         if ops.busy:
             lines.insert(1, f"**Now:** {ops.busy} under way.")
@@ -285,6 +288,36 @@ def _jobs_status(ops: OperationsStatus) -> str:
     for problem in ops.problems[-3:]:
         text += f"\n- `{problem.job_id}` {problem.kind} {_when(problem.at, 'R')}: {problem.detail}"
     return text
+
+
+def _limits_status(bot: CompanionBot) -> str:
+    """How often the limits held something back since start."""
+    config = bot.config
+    chat = bot.get_cog("Chat")
+    per_person = getattr(chat, "user_limit", None)
+    if per_person is None or not per_person.enabled:
+        person = "per person: off"
+    else:
+        person = (
+            f"per person ({config.chat.user_turns_per_minute:g}/min, burst {config.chat.user_burst}): "
+            f"{per_person.refused:,} messages skipped, {per_person.told:,} people told"
+        )
+    requests = bot.llm.requests
+    cap = f"{requests.limit}" if requests.limit else "no cap"
+    return (
+        f"**Limits** since start: {person}; model requests ({cap}): {requests.in_flight} in flight, "
+        f"{requests.waited:,} waited for a slot; classifier calls used up by {bot.scoring.given_up:,} memories."
+    )
+
+
+def _llm_probe_status(probe: EndpointProbe | None, base_url: str) -> str:
+    if probe is None:
+        return "**Model endpoint:** not checked yet."
+    if probe.kind == "reachable":
+        return "**Model endpoint:** reachable at start."
+    if probe.kind == "rejected":
+        return f"**Model endpoint:** rejected the API key at start ({probe.summary}) at {base_url}."
+    return f"**Model endpoint:** unreachable at start ({probe.summary}) at {base_url}."
 
 
 def _count(number: int, one: str, many: str) -> str:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import discord
 from discord.ext import commands
 
+from companion.limits import TurnRateLimit
 from companion.ordering import ChannelLanes
 from companion.splitting import split_message
 from companion.turns import IncomingTurn
@@ -39,6 +40,10 @@ BUSY_REPLY = (
 BUSY_REACTION = "⏳"
 # One explaining reply per channel in this window; later skipped messages only get the reaction.
 BUSY_NOTICE_INTERVAL_SECONDS = 30.0
+OVER_USER_LIMIT_REPLY = (
+    "You're sending me messages faster than I can give each one a proper answer, so I'll skip "
+    "your next ones for a little while. Give me a minute and I'm all yours again."
+)
 INTERNAL_ERROR_REPLY = "Sorry, something went wrong on my side with that one. My owner can find it in the logs."
 MEMORY_WRITE_FAILED_REPLY = "(I couldn't save this conversation to my memory just now: my storage is having trouble.)"
 EMPTY_MESSAGE_TEXT = "(they mentioned you without saying anything)"
@@ -52,6 +57,7 @@ class Chat(commands.Cog):
     def __init__(self, bot: CompanionBot) -> None:
         self.bot = bot
         self.lanes = ChannelLanes(bot.config.chat.max_pending_per_channel)
+        self.user_limit = TurnRateLimit(bot.config.chat.user_turns_per_minute, bot.config.chat.user_burst)
         self._busy_notice_at: dict[int, float] = {}
 
     async def cog_unload(self) -> None:
@@ -63,6 +69,8 @@ class Chat(commands.Cog):
             return
         if self.bot.paused_reason:
             await self._send_quietly(message, self.bot.paused_reason)
+            return
+        if not await self._within_user_limit(message):
             return
         accepted = self.lanes.submit(message.channel.id, lambda: self.handle_turn(message))
         if not accepted:
@@ -227,6 +235,22 @@ class Chat(commands.Cog):
                 log.debug("typing indicator failed: %s", exc)
                 return
             await asyncio.sleep(TYPING_REFRESH_SECONDS)
+
+    async def _within_user_limit(self, message: discord.Message) -> bool:
+        """Whether the author may have another turn now in this scope; tells them once when not."""
+        scope_id = message.guild.id if message.guild is not None else None
+        verdict = self.user_limit.check((scope_id, message.author.id))
+        if verdict.allowed:
+            return True
+        if verdict.tell:
+            log.info(
+                "%s (%s) is over [chat] user_turns_per_minute in %s; skipping their messages for now",
+                message.author,
+                message.author.id,
+                f"guild {scope_id}" if scope_id else "DMs",
+            )
+            await self._send_quietly(message, OVER_USER_LIMIT_REPLY)
+        return False
 
     async def _tell_busy(self, message: discord.Message) -> None:
         """Say the channel is busy: one explaining reply per burst, then a ⏳ reaction on each shed message."""

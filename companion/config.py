@@ -43,6 +43,7 @@ class LLMConfig:
     timeout_seconds: float = 30.0
     max_retries: int = 2
     max_reply_tokens: int = 800
+    max_concurrent_requests: int = 64
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,8 @@ class MemoryConfig:
 @dataclass(frozen=True)
 class ChatConfig:
     max_pending_per_channel: int = 20
+    user_turns_per_minute: float = 12.0
+    user_burst: int = 6
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,7 @@ _BOUNDS: dict[tuple[str, str], tuple[float | None, float | None]] = {
     ("llm", "timeout_seconds"): (0.1, 3600),
     ("llm", "max_retries"): (0, 10),
     ("llm", "max_reply_tokens"): (16, 100_000),
+    ("llm", "max_concurrent_requests"): (0, 100_000),
     ("memory", "pin_cap"): (1, 100),
     ("memory", "recent_turns"): (0, 200),
     ("memory", "recall_size"): (0, 100),
@@ -176,6 +180,8 @@ _BOUNDS: dict[tuple[str, str], tuple[float | None, float | None]] = {
     ("memory", "scoring_concurrency"): (1, 64),
     ("memory", "scoring_rescan_seconds"): (1, 86_400),
     ("chat", "max_pending_per_channel"): (1, 10_000),
+    ("chat", "user_turns_per_minute"): (0, 100_000),
+    ("chat", "user_burst"): (1, 10_000),
     ("backup", "keep"): (1, 10_000),
     ("snapshot", "interval_minutes"): (1, 7 * 24 * 60),
     ("snapshot", "keep"): (1, 1_000),

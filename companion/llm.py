@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx2
@@ -17,6 +18,7 @@ from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletion
 
 from companion.config import LLMConfig
+from companion.limits import RequestLimit
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,8 @@ CONNECT_TIMEOUT_SECONDS = 5.0
 # instead: the user is told the model is rate-limited, and the scoring
 # worker backs off by itself.
 MAX_RETRY_AFTER_SECONDS = 10.0
+# The start-up probe is one request without retries: it must not hold anything up.
+PROBE_TIMEOUT_SECONDS = 5.0
 
 
 class LLMError(Exception):
@@ -66,6 +70,9 @@ class LLMClient:
 
     def __init__(self, config: LLMConfig, api_key: str, *, http_client: httpx2.AsyncClient | None = None) -> None:
         self.config = config
+        # Chat and classifier calls share one cap: however many turns and scores wait, the
+        # endpoint never sees more requests at once than this.
+        self.requests = RequestLimit(config.max_concurrent_requests)
         self._client = _BoundedRetryAfterOpenAI(
             base_url=config.base_url,
             api_key=api_key,
@@ -96,7 +103,8 @@ class LLMClient:
             # first walks every message against its type definitions, which costs
             # about 9 ms of CPU per call with a full prompt; our messages are plain
             # strings already. Retries, timeouts, errors and parsing stay the SDK's.
-            response = await self._client.post("/chat/completions", body=body, cast_to=ChatCompletion)
+            async with self.requests.slot():
+                response = await self._client.post("/chat/completions", body=body, cast_to=ChatCompletion)
         except openai.APITimeoutError as exc:
             raise LLMError("timeout", f"no answer within {self.config.timeout_seconds:g}s") from exc
         except openai.APIConnectionError as exc:
@@ -116,6 +124,40 @@ class LLMClient:
 
     async def close(self) -> None:
         await self._client.close()
+
+    async def probe(self) -> EndpointProbe:
+        """Ask the endpoint once for its models, to learn whether it answers at all.
+
+        Any HTTP answer means it is reachable (servers without /models answer
+        404); 401 and 403 mean it refused the key. Only the kind and the status
+        are kept: a provider's error text may quote what it was sent.
+        """
+        client = self._client.with_options(
+            max_retries=0, timeout=min(PROBE_TIMEOUT_SECONDS, self.config.timeout_seconds)
+        )
+        at = datetime.now(UTC)
+        try:
+            await client.models.list()
+        except openai.APITimeoutError:
+            return EndpointProbe("unreachable", "timeout", at)
+        except openai.APIConnectionError:
+            return EndpointProbe("unreachable", "connection error", at)
+        except openai.APIStatusError as exc:
+            if exc.status_code in (401, 403):
+                return EndpointProbe("rejected", f"HTTP {exc.status_code}", at)
+            return EndpointProbe("reachable", f"HTTP {exc.status_code}", at)
+        except (openai.OpenAIError, ValueError):
+            return EndpointProbe("reachable", "unreadable answer", at)
+        return EndpointProbe("reachable", "HTTP 200", at)
+
+
+@dataclass(frozen=True)
+class EndpointProbe:
+    """What one request to the model endpoint found out: whether it answered, never what it said."""
+
+    kind: str  # "reachable", "rejected" (the API key: HTTP 401 or 403) or "unreachable"
+    summary: str  # the HTTP status or the failure's kind, e.g. "HTTP 404", "connection error"
+    at: datetime
 
 
 def _completion_of(response: object, model: str) -> Completion:
@@ -153,8 +195,11 @@ def _completion_of(response: object, model: str) -> Completion:
 class _BoundedRetryAfterOpenAI(AsyncOpenAI):
     """The SDK client, retrying only when the server's Retry-After is at most MAX_RETRY_AFTER_SECONDS.
 
-    Overrides the SDK's retry decision hook (the one that already refuses
-    Retry-After beyond two minutes); tests/test_fault_llm.py checks it still works.
+    The SDK has no public setting for this (openai 3.51.0 hard-codes two
+    minutes), so this overrides its private retry decision hook, the one that
+    already refuses Retry-After beyond two minutes, and calls its private
+    Retry-After parser. tests/test_dependency_hooks.py fails, naming the hook,
+    if an SDK upgrade renames, reshapes or stops calling them.
     """
 
     def _should_retry(self, response: httpx2.Response) -> bool:

@@ -60,8 +60,15 @@ class UnusableAnswer(Exception):
 
     The message describes the answer without quoting it: it is stored in the
     log as the failure's reason, and the model may have echoed the memory's
-    text, which a later forget could not reach there.
+    text, which a later forget could not reach there. `problems` holds one
+    such description for each call that was spent; `interrupted_by` is the
+    failed call that ended the attempts early, if one did.
     """
+
+    def __init__(self, message: str, problems: Sequence[str] = (), *, interrupted_by: LLMError | None = None) -> None:
+        super().__init__(message)
+        self.problems = list(problems) or [message]
+        self.interrupted_by = interrupted_by
 
 
 @dataclass(frozen=True)
@@ -130,23 +137,27 @@ class Classifier:
         # Flipped off the first time the endpoint rejects response_format.
         self.structured_output = True
 
-    async def score(self, memory: Memory, earlier: Sequence[Memory]) -> Score:
-        """The memory's score; UnusableAnswer after bounded retries, LLMError if the call fails."""
+    async def score(self, memory: Memory, earlier: Sequence[Memory], *, attempts: int = ANSWER_ATTEMPTS) -> Score:
+        """The memory's score, asking at most `attempts` times; UnusableAnswer when every answer was
+        unusable, LLMError if a call fails."""
         messages = classifier_messages(memory, earlier)
-        problem = "no attempt made"
-        for _ in range(ANSWER_ATTEMPTS):
+        problems: list[str] = []
+        for _ in range(attempts):
             try:
                 answer = await self._ask(messages)
             except LLMError as exc:
                 if exc.kind != "empty":
+                    if problems:
+                        # The unusable answers before it were calls spent: they count.
+                        raise UnusableAnswer(_summary(problems), problems, interrupted_by=exc) from exc
                     raise
                 answer = ""
             try:
                 return Score(parse_significance(answer), self.model)
             except UnusableAnswer as exc:
-                problem = str(exc)
-                log.info("classifier gave an unusable answer for memory #%s: %s", memory.id, problem)
-        raise UnusableAnswer(f"{ANSWER_ATTEMPTS} unusable answers; last: {problem}")
+                problems.append(str(exc))
+                log.info("classifier gave an unusable answer for memory #%s: %s", memory.id, exc)
+        raise UnusableAnswer(_summary(problems), problems)
 
     async def _ask(self, messages: list[dict[str, str]]) -> str:
         if self.structured_output:
@@ -166,3 +177,8 @@ class Classifier:
                 self.structured_output = False
         completion = await self.llm.complete(messages, model=self.model, max_tokens=MAX_ANSWER_TOKENS, temperature=0)
         return completion.text
+
+
+def _summary(problems: Sequence[str]) -> str:
+    last = problems[-1] if problems else "no attempt made"
+    return f"{len(problems)} unusable answers; last: {last}"

@@ -3,10 +3,15 @@
 The database is the source of truth and the worker keeps almost nothing in
 memory: it walks the unscored memories in id order from a cursor, a small
 batch at a time, with at most `concurrency` classifier calls in flight. A
-new memory only wakes it up. A periodic rescan (and every start) walks from
-the beginning again, so work lost to a crash, a shutdown or an outage is
+new memory only wakes it up. A memory whose call failed for a passing reason
+(an outage, a busy database) goes back to the front of the queue and is
+tried again as soon as the backoff ends. A periodic rescan (and every start)
+walks from the beginning again, so work lost to a crash or a shutdown is
 picked up without any bookkeeping. Recording a score is idempotent, so a
 memory is scored once however often it is found.
+
+Each memory has a budget of MAX_SCORING_FAILURES classifier calls that give
+no usable answer, over all its rounds; each such call is one event in the log.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from companion.significance import MAX_CONTEXT_TURNS, Classifier, UnusableAnswer
 from storage import memories
 from storage.commands import record_scoring_failure, record_significance
 from storage.database import Database
+from storage.memories import MAX_SCORING_FAILURES
 from storage.sqlite import Error as DatabaseError
 
 log = logging.getLogger(__name__)
@@ -84,6 +90,7 @@ class SignificanceWorker:
         self.scored = 0
         self.failures = 0
         self.errors = 0
+        self.given_up = 0  # memories that spent their budget of calls since start
         self.last_success_at: float | None = None
         self.last_error: str | None = None
         self._last_logged: tuple[int, ...] = ()
@@ -258,37 +265,40 @@ class SignificanceWorker:
     async def _score(self, memory_id: int) -> None:
         reader = self.db.reader
         started_at = time.monotonic()
+        spent = 0  # calls this memory already spent without a usable answer
         try:
             scope = await memories.memory_scope(reader, memory_id)
             memory = await memories.get_memory(reader, scope, memory_id) if scope else None
-            if memory is None or memory.significance is not None:
-                return  # forgotten or already scored meanwhile
+            if memory is None or memory.significance is not None or memory.scoring_gave_up:
+                return  # forgotten, already scored or out of calls meanwhile
             earlier = await memories.memories_before(reader, memory, MAX_CONTEXT_TURNS)
-            score = await self.classifier.score(memory, earlier)
+            spent = memory.scoring_failures
+            score = await self.classifier.score(memory, earlier, attempts=MAX_SCORING_FAILURES - spent)
             outcome = await record_significance(
                 self.db, memory_id, score.value, model=score.model, pin_cap=self.pin_cap
             )
         except UnusableAnswer as exc:
-            self.failures += 1
+            self.failures += len(exc.problems)
             self.last_error = f"memory #{memory_id}: {exc}"
             log.warning("could not score memory #%s: %s", memory_id, exc)
-            await self._record_failure(memory_id, str(exc))
+            await self._record_failure(memory_id, spent, *exc.problems)
+            if exc.interrupted_by is not None and _is_outage(exc.interrupted_by):
+                self._back_off_for_outage(memory_id, exc.interrupted_by, started_at)
             return
         except LLMError as exc:
-            if exc.transient or exc.status in OUTAGE_STATUSES:
-                delay = self._grow_backoff(failed_call_started_at=started_at)
-                self._note_error(f"classifier {exc.summary}")
-                log.warning("classifier unavailable (%s); pausing scoring for %.0fs", exc.summary, delay)
+            if _is_outage(exc):
+                self._back_off_for_outage(memory_id, exc, started_at)
             else:
                 self.failures += 1
                 self.last_error = f"memory #{memory_id}: classifier refused: {exc.summary}"
                 log.warning("classifier refused memory #%s: %s", memory_id, exc.summary)
-                await self._record_failure(memory_id, f"classifier refused: {exc.summary}")
+                await self._record_failure(memory_id, spent, f"classifier refused: {exc.summary}")
             return
         except DatabaseError as exc:
             self._note_error(f"database: {exc}")
             log.error("could not record the score of memory #%s: %s", memory_id, exc)
             self._grow_backoff()
+            self._retry_after_backoff(memory_id)
             return
         self.scored += 1 if outcome.recorded else 0
         self.last_success_at = time.time()
@@ -307,11 +317,32 @@ class SignificanceWorker:
                 outcome.unpinned,
             )
 
-    async def _record_failure(self, memory_id: int, reason: str) -> None:
+    def _back_off_for_outage(self, memory_id: int, exc: LLMError, started_at: float) -> None:
+        delay = self._grow_backoff(failed_call_started_at=started_at)
+        self._note_error(f"classifier {exc.summary}")
+        self._retry_after_backoff(memory_id)
+        log.warning("classifier unavailable (%s); pausing scoring for %.1fs", exc.summary, delay)
+
+    def _retry_after_backoff(self, memory_id: int) -> None:
+        """Put a memory whose call failed for a passing reason first in line: the cursor has moved
+        past it, and waiting for the rescan would leave it unscored long after the outage."""
+        if memory_id not in self._queue and not self._paused:
+            self._queue.appendleft(memory_id)
+            self._wake.set()
+
+    async def _record_failure(self, memory_id: int, spent: int, *reasons: str) -> None:
         try:
-            await record_scoring_failure(self.db, memory_id, reason)
+            recorded = await record_scoring_failure(self.db, memory_id, *reasons)
         except DatabaseError as exc:
             log.error("could not record the scoring failure of memory #%s: %s", memory_id, exc)
+            return
+        if recorded and spent + len(reasons) >= MAX_SCORING_FAILURES:
+            self.given_up += 1
+            log.warning(
+                "gave up scoring memory #%s: %d classifier calls without a usable answer",
+                memory_id,
+                MAX_SCORING_FAILURES,
+            )
 
     # backoff
 
@@ -340,3 +371,8 @@ class SignificanceWorker:
 
     def _backoff_remaining(self) -> float:
         return max(0.0, (self._backoff_until or 0.0) - time.time())
+
+
+def _is_outage(exc: LLMError) -> bool:
+    """A failed call that says "not now" for every memory, not "never" for this one."""
+    return exc.transient or exc.status in OUTAGE_STATUSES

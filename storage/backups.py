@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from storage import sqlite
-from storage.files import fsync_path, remove_database_files
+from storage.files import fsync_path, is_regular_file, remove_database_files
 from storage.rebuild import ensure_projections
 from storage.schema import LATEST_VERSION, migrate
 
@@ -287,8 +287,10 @@ def list_backups(backups_dir: Path) -> list[BackupInfo]:
         return []
     for path in backups_dir.iterdir():
         parsed = parse_name(path.name)
+        if parsed is None or not is_regular_file(path, folder="backups"):
+            continue
         size = _size_or_none(path)
-        if parsed is None or size is None:
+        if size is None:
             continue
         kind, taken_at, serial = parsed
         sidecar = read_sidecar(path) or {}
@@ -371,6 +373,9 @@ def restore_into(backup_path: Path, live_path: Path, snapshots_dir: Path | None 
     the restore continue past the highest number the replaced database had
     reached, so an id shown before the restore never names another memory.
     """
+    # SQLite opens the file by its name and follows links: make sure the name is still the file listed.
+    if not is_regular_file(backup_path, folder="backups"):
+        raise InvalidBackup(f"{backup_path.name} is not a regular file")
     copied = False
     try:
         with attached(backup_path) as source:

@@ -164,13 +164,15 @@ async def record_significance(db: Database, memory_id: int, score: int, *, model
         return ScoringOutcome(recorded=True, pinned=pinned, unpinned=unpinned)
 
 
-async def record_scoring_failure(db: Database, memory_id: int, reason: str) -> bool:
-    """Note that scoring gave no usable answer; never invents a score."""
+async def record_scoring_failure(db: Database, memory_id: int, *reasons: str) -> bool:
+    """Note classifier calls that gave no usable answer, one event (and reason) per call; never
+    invents a score."""
     async with db.transaction() as tx:
         row = await _fetch_one(tx, "SELECT significance FROM memories WHERE id = ?", (memory_id,))
         if row is None or row[0] is not None:
             return False
-        await append(tx, MemorySignificanceFailed(memory_id=memory_id, reason=reason[:500]))
+        for reason in reasons:
+            await append(tx, MemorySignificanceFailed(memory_id=memory_id, reason=reason[:500]))
         return True
 
 

@@ -80,7 +80,10 @@ class MemorySignificanceSet:
 
 @dataclass(frozen=True)
 class MemorySignificanceFailed:
-    """Scoring a memory gave no usable answer after bounded retries."""
+    """One classifier call for a memory gave no usable answer (or was refused).
+
+    Each one spends a call of the memory's budget (memories.MAX_SCORING_FAILURES).
+    """
 
     KIND: ClassVar[str] = "memory_significance_failed"
     VERSION: ClassVar[int] = 1

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import stat
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 # What SQLite may leave beside a database file.
 SQLITE_SIDECARS = ("-journal", "-wal", "-shm")
@@ -13,6 +16,9 @@ SQLITE_SIDECARS = ("-journal", "-wal", "-shm")
 PRIVATE_UMASK = 0o077
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
+
+# Non-regular files already reported, so a link is named once and not at every listing.
+_reported_irregular: set[Path] = set()
 
 
 def make_private(folder: Path) -> int:
@@ -36,6 +42,24 @@ def make_private(folder: Path) -> int:
             os.chmod(path, wanted)
             changed += 1
     return changed
+
+
+def is_regular_file(path: Path, *, folder: str) -> bool:
+    """Whether `path` itself is a regular file: not a symlink (wherever it points), a folder or a pipe.
+
+    Backups and snapshots are read and restored from by name, so only files
+    the bot wrote there count; anything else is logged once, by name, and skipped.
+    """
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return False
+    if stat.S_ISREG(mode):
+        return True
+    if path not in _reported_irregular:
+        _reported_irregular.add(path)
+        log.warning("ignoring %s in the %s folder: it is not a regular file (a link?)", path.name, folder)
+    return False
 
 
 def fsync_path(path: Path) -> None:

@@ -18,6 +18,7 @@ from storage.scope import Scope
 from storage.sqlite import sqlite3
 from storage.visibility import ChannelFilter, condition
 
+# Classifier calls a memory may spend without a usable answer, over all its scoring rounds.
 MAX_SCORING_FAILURES = 3
 
 # The columns every read of whole memories selects, in `memory_from_row`'s order.

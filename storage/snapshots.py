@@ -39,7 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from storage import sqlite
-from storage.files import fsync_path, remove_database_files
+from storage.files import fsync_path, is_regular_file, remove_database_files
 from storage.schema import FTS_COLUMNS, FTS_SHADOW_TABLES, PROJECTION_DDL, fts_ddl
 
 log = logging.getLogger(__name__)
@@ -204,7 +204,7 @@ def _check_index_covers_rows(conn: sqlite.sqlite3.Connection) -> int:
 @contextlib.contextmanager
 def _attached(path: Path, alias: str = "snap") -> Iterator[sqlite.sqlite3.Connection]:
     """Read a snapshot file without opening it directly (which would switch it to WAL)."""
-    if not path.is_file():
+    if not is_regular_file(path, folder="snapshots"):
         raise FileNotFoundError(path)
     conn = sqlite.connect(":memory:", check_same_thread=False)
     try:
@@ -275,7 +275,7 @@ def list_snapshots(snapshots_dir: Path) -> list[SnapshotInfo]:
         return []
     infos = []
     for path in snapshots_dir.iterdir():
-        if NAME_PATTERN.match(path.name):
+        if NAME_PATTERN.match(path.name) and is_regular_file(path, folder="snapshots"):
             with contextlib.suppress(FileNotFoundError):  # pruned meanwhile
                 infos.append(read_snapshot_info(path))
     return sorted(infos, key=lambda i: (i.taken_at, _serial(i.name), i.name))
@@ -415,7 +415,9 @@ def scrub_memories(snapshots_dir: Path, memory_ids: Iterable[int]) -> int:
         return 0
     changed = 0
     with _files_lock:
-        for path in sorted(p for p in snapshots_dir.iterdir() if NAME_PATTERN.match(p.name)):
+        snapshot_files = (p for p in snapshots_dir.iterdir() if NAME_PATTERN.match(p.name))
+        # A link is not the bot's to rewrite or delete (it never loads one either).
+        for path in sorted(p for p in snapshot_files if is_regular_file(p, folder="snapshots")):
             try:
                 present = _forgotten_in(path, wanted)
             except (sqlite.Error, OSError) as exc:

@@ -18,7 +18,10 @@ REPO = Path(__file__).resolve().parent.parent
 TOKEN_ENV = "COMPANION_TEST_TOKEN"
 
 
-def write_config(tmp_path: Path, discord_fake: FakeDiscord, llm_fake: FakeLLM, extra: str = "") -> Path:
+def write_config(
+    tmp_path: Path, discord_fake: FakeDiscord, llm_fake: FakeLLM, extra: str = "", *, chat: str = ""
+) -> Path:
+    """A config for the fakes; `extra` goes on in [memory] (or opens its own sections), `chat` in [chat]."""
     path = tmp_path / "config.toml"
     path.write_text(
         f"""
@@ -37,6 +40,11 @@ timeout_seconds = 10.0
 
 [storage]
 data_dir = "data"
+
+[chat]
+# Tests drive many turns from one person; the tests of the per-person limit turn it on.
+user_turns_per_minute = 0
+{chat}
 
 [memory]
 scoring_rescan_seconds = 2

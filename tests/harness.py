@@ -70,6 +70,8 @@ def harness_config(tmp_path: Path, discord_fake: FakeDiscord, llm_fake: FakeLLM,
         },
         "storage": {"data_dir": str(tmp_path / "data")},
         "memory": {"scoring_rescan_seconds": 2.0},
+        # Tests drive many turns from one person; the tests of the per-person limit turn it on.
+        "chat": {"user_turns_per_minute": 0},
     }
     for name, values in sections.items():
         document.setdefault(name, {}).update(values)

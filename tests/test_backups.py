@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import logging
 import os
 import random
 import signal
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from storage import backups, sqlite
-from storage.backups import BackupError, InvalidBackup
+from storage.backups import BackupError, InvalidBackup, UnknownBackup
 from storage.commands import TurnRecord, write_memory
 from storage.database import Database
 from storage.rebuild import stale_projections
@@ -357,3 +358,35 @@ async def test_a_restore_says_whether_it_failed_before_or_after_the_copy(db, tmp
         with pytest.raises(BackupError, match="copied the backup in, but could not finish"):
             await db.run_exclusively(lambda: backups.restore_into(info.path, db.path))
     assert count_memories(db.path) == 3
+
+
+async def test_only_regular_files_are_backups(db, tmp_path, caplog):
+    await fill(db, 3)
+    backups_dir = tmp_path / "backups"
+    real = backups.take_backup(db.path, backups_dir, kind="manual", now=T0)
+    # A sound backup kept elsewhere, linked in under a backup's name with its sidecar; and a pipe.
+    outside = backups.take_backup(db.path, tmp_path / "elsewhere", kind="manual", now=T0)
+    link = backups_dir / "memory-20260302T030000Z-nightly.db"
+    os.symlink(outside.path, link)
+    os.symlink(f"{outside.path}.json", f"{link}.json")
+    os.mkfifo(backups_dir / "memory-20260303T030000Z-nightly.db")
+    await fill(db, 2, text="after the backups")
+
+    with caplog.at_level(logging.WARNING, logger="storage"):
+        assert [b.name for b in backups.list_backups(backups_dir)] == [real.name]
+        assert backups.newest_backup(backups_dir).name == real.name  # though the link's name is newer
+        with pytest.raises(UnknownBackup):
+            backups.find_backup(backups_dir, link.name)
+    # Each is named once, however often the folder is listed.
+    skipped = [r.getMessage() for r in caplog.records if r.name == "storage.files"]
+    assert sorted(skipped) == [
+        f"ignoring {name} in the backups folder: it is not a regular file (a link?)"
+        for name in ("memory-20260302T030000Z-nightly.db", "memory-20260303T030000Z-nightly.db")
+    ]
+    # Restoring from the link's path itself (say it replaced the file after it was listed) is refused too.
+    with pytest.raises(InvalidBackup, match="not a regular file"):
+        await db.run_exclusively(lambda: backups.restore_into(link, db.path))
+    assert count_memories(db.path) == 5
+    # Pruning leaves what is not the bot's alone.
+    backups.prune_backups(backups_dir, kind="nightly", keep=0)
+    assert link.is_symlink() and outside.path.exists()

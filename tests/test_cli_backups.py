@@ -164,3 +164,27 @@ def test_rebuild_starts_from_the_newest_snapshot_and_refreshes_them(setup, capsy
     assert code == 0 and out.startswith("rebuilt projections from all 3 events (up to #3)")
     assert memory_texts(data / "memory.db") == ["the first thing", "the second thing", "a third thing"]
     assert {i.seq for i in snapshots.list_snapshots(data / "snapshots")} == {2, 3}
+
+
+def test_a_link_named_like_a_backup_is_neither_listed_nor_restored(setup, tmp_path):
+    config, data = setup
+    real = backups.take_backup(data / "memory.db", data / "backups", kind="manual")
+    outside = backups.take_backup(data / "memory.db", tmp_path / "elsewhere", kind="manual")
+    asyncio.run(remember(data / "memory.db", "after the backups"))
+    link = data / "backups" / "memory-20990101T000000Z-nightly.db"
+    link.symlink_to(outside.path)
+    Path(f"{link}.json").symlink_to(f"{outside.path}.json")
+    skipped = f"ignoring {link.name} in the backups folder: it is not a regular file (a link?)"
+
+    listed = run_bot_py("backup", "list", "--config", str(config))
+    assert listed.returncode == 0 and real.name in listed.stdout and link.name not in listed.stdout
+    assert [line for line in listed.stderr.splitlines() if "ignoring" in line] == [listed.stderr.strip()]
+    assert listed.stderr.strip().endswith(skipped)
+
+    restored = run_bot_py("backup", "restore", link.name, "--config", str(config))
+    assert restored.returncode == 1 and restored.stdout == ""
+    assert [line for line in restored.stderr.splitlines() if line.startswith("error:")] == [
+        f"error: No backup named {link.name}. See `bot.py backup list`."
+    ]
+    assert len(memory_texts(data / "memory.db")) == 3
+    assert [b.name for b in backups.list_backups(data / "backups")] == [real.name]  # no safety backup either

@@ -266,7 +266,7 @@ async def test_an_outage_failing_several_calls_at_once_pauses_scoring_once(db):
     failing_together = asyncio.Barrier(4)
 
     class DownClassifier:
-        async def score(self, memory, earlier):
+        async def score(self, memory, earlier, *, attempts):
             await failing_together.wait()
             raise LLMError("server", "HTTP 500")
 

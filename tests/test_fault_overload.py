@@ -94,9 +94,7 @@ class RssSampler:
 @pytest.fixture
 async def bot_process(tmp_path, discord_fake, llm_fake):
     process = BotProcess(
-        write_config(
-            tmp_path, discord_fake, llm_fake, extra=f"[chat]\nmax_pending_per_channel = {MAX_PENDING_PER_CHANNEL}"
-        )
+        write_config(tmp_path, discord_fake, llm_fake, chat=f"max_pending_per_channel = {MAX_PENDING_PER_CHANNEL}")
     )
     yield process
     process.kill()

@@ -108,13 +108,31 @@ async def test_garbage_answers_are_recorded_as_failure_not_a_score(harness):
     bot = await harness.start_bot(memory={"scoring_rescan_seconds": 600})
     await harness.say(LISTEN_CHANNEL, ALICE, "hello")
     await harness.wait_for_memories(1)
-    async with asyncio.timeout(10):
-        while "memory_significance_failed" not in await event_kinds(bot):
-            await asyncio.sleep(0.02)
+    await harness.wait_until_scored()
     [memory] = await memories.list_memories(bot.db.reader, SCOPE_A)
-    assert memory.significance is None and memory.scoring_failures == 1
-    assert "memory_significance_set" not in await event_kinds(bot)
-    assert bot.scoring.status().failures == 1
+    assert memory.significance is None and memory.scoring_failures == 3 and memory.scoring_gave_up
+    kinds = await event_kinds(bot)
+    assert "memory_significance_set" not in kinds
+    assert kinds.count("memory_significance_failed") == 3  # one per call spent
+    assert bot.scoring.status().failures == 3
+
+
+async def test_a_memory_spends_at_most_three_classifier_calls_over_all_its_rounds(harness):
+    # One unusable answer, then an outage ends the round; the next round may spend only two more.
+    harness.llm.script(CLASSIFIER_MODEL, Answer("very important!"), Fail(503))
+    harness.llm.responders[CLASSIFIER_MODEL] = lambda body: Answer("banana")
+    bot = await harness.start_bot(llm={"max_retries": 0}, memory={"scoring_rescan_seconds": 1})
+    bot.scoring.backoff_start_seconds = 0.05
+    await harness.say(LISTEN_CHANNEL, ALICE, "hello")
+    await harness.wait_for_memories(1)
+    await harness.wait_until_scored()
+    await asyncio.sleep(2.5)  # rescans come and go: nothing more is asked
+    answered = harness.llm.requests_for(CLASSIFIER_MODEL)
+    assert len(answered) == 4  # three unusable answers and the 503
+    [memory] = await memories.list_memories(bot.db.reader, SCOPE_A)
+    assert memory.scoring_gave_up and memory.scoring_failures == 3
+    assert (await event_kinds(bot)).count("memory_significance_failed") == 3
+    assert bot.scoring.status().errors == 1
 
 
 async def test_classifier_hang_beyond_timeout_is_retried_later(harness):

@@ -3,6 +3,7 @@
 
 import asyncio
 import logging
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -408,3 +409,33 @@ async def test_each_kind_of_snapshot_is_pruned_to_keep(db, tmp_path):
 def test_unknown_snapshot_kinds_are_refused(tmp_path, kind):
     with pytest.raises(ValueError):
         snapshots.write_snapshot(tmp_path / "memory.db", tmp_path / "snapshots", kind=kind)
+
+
+async def test_a_link_named_like_a_snapshot_is_ignored_at_start(tmp_path, caplog):
+    path = tmp_path / "memory.db"
+    snapshots_dir = tmp_path / "snapshots"
+    db = await Database.open(path, snapshots_dir=snapshots_dir)
+    await mixed_history(db, 0, 20)
+    # A snapshot that fits the log, kept elsewhere and linked in under a snapshot's name.
+    outside = snapshots.write_snapshot(path, tmp_path / "elsewhere", kind="periodic")
+    os.makedirs(snapshots_dir, exist_ok=True)
+    os.symlink(outside.path, snapshots_dir / outside.name)
+    live = state_of(path)
+    async with db.transaction() as tx:  # projections behind the log: a start would rebuild them
+        await tx.execute("UPDATE projection_state SET last_seq = 3")
+        await tx.execute("DELETE FROM memories WHERE id > 3")
+    await db.close()
+
+    with caplog.at_level(logging.INFO, logger="storage"):
+        db = await Database.open(path, snapshots_dir=snapshots_dir)
+    try:
+        assert "rebuilt projections from snapshot" not in caplog.text  # a full replay instead
+        assert f"ignoring {outside.name} in the snapshots folder: it is not a regular file (a link?)" in caplog.text
+        assert state_of(path) == live
+        assert snapshots.list_snapshots(snapshots_dir) == []
+        # Forgetting never writes through the link either.
+        before = outside.path.read_bytes()
+        assert snapshots.scrub_memories(snapshots_dir, range(1, 30)) == 0
+        assert outside.path.read_bytes() == before
+    finally:
+        await db.close()

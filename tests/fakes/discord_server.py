@@ -449,6 +449,13 @@ class FakeDiscord:
         # Discord sends a bot its own messages and edits over the gateway; handlers must cope.
         self.echo_bot_messages = echo_bot_messages
         self.interaction_deadline = INTERACTION_DEADLINE
+        # When set, REST calls made with another bot token get Discord's 401 (a login then fails).
+        self.accepted_token: str | None = None
+        # The application's team, if it has one: member user id -> role ("admin", "developer",
+        # "read_only"). Change it at any time; GET /oauth2/applications/@me answers with it as it is.
+        self.team_members: dict[int, str] | None = None
+        # When set, GET /oauth2/applications/@me answers with this HTTP status instead.
+        self.application_failure: int | None = None
 
         self.users: dict[int, FakeUser] = {bot_user_id: FakeUser(bot_user_id, bot_name, bot=True)}
         if app_owner_id not in self.users:
@@ -1188,6 +1195,11 @@ class FakeDiscord:
         is_api = request.path.startswith(api_prefix)
         if is_api:
             self.requests.append((request.method, request.path.removeprefix(api_prefix)))
+        authorization = request.headers.get("Authorization", "")
+        if is_api and self.accepted_token is not None and authorization.startswith("Bot "):
+            if authorization != f"Bot {self.accepted_token}":
+                self._touch()
+                return _error(401, 0, "401: Unauthorized")
         try:
             return await handler(request)
         except (web.HTTPNotFound, web.HTTPMethodNotAllowed):
@@ -1255,20 +1267,39 @@ class FakeDiscord:
         return _json(user.payload()) if user else _error(404, 10013, "Unknown User")
 
     async def _get_application(self, request: web.Request) -> web.Response:
-        return _json(
-            {  # no "team": discord.py then takes ``owner`` as the only owner
-                "id": str(self.application_id),
-                "name": self.bot_user.name,
-                "description": "",
+        if self.application_failure is not None:
+            return _injected_error(self.application_failure, retry_after=0.05)
+        application: JSON = {  # without "team", discord.py takes ``owner`` as the only owner
+            "id": str(self.application_id),
+            "name": self.bot_user.name,
+            "description": "",
+            "icon": None,
+            "bot_public": False,
+            "bot_require_code_grant": False,
+            "owner": self.users[self.app_owner_id].payload(),
+            "verify_key": "0" * 64,
+            "flags": GATEWAY_MESSAGE_CONTENT_LIMITED,
+            "bot": self.bot_user.payload(),
+        }
+        if self.team_members is not None:
+            team_id = str(self.application_id + 1)
+            application["team"] = {
+                "id": team_id,
+                "name": "team",
                 "icon": None,
-                "bot_public": False,
-                "bot_require_code_grant": False,
-                "owner": self.users[self.app_owner_id].payload(),
-                "verify_key": "0" * 64,
-                "flags": GATEWAY_MESSAGE_CONTENT_LIMITED,
-                "bot": self.bot_user.payload(),
+                "owner_user_id": str(self.app_owner_id),
+                "members": [
+                    {
+                        "membership_state": 2,  # accepted
+                        "permissions": ["*"],
+                        "team_id": team_id,
+                        "role": role,
+                        "user": self.users[user_id].payload(),
+                    }
+                    for user_id, role in self.team_members.items()
+                ],
             }
-        )
+        return _json(application)
 
     async def _get_member(self, request: web.Request) -> web.Response:
         guild = self.guilds.get(_id(request, "guild_id"))

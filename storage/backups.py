@@ -16,7 +16,8 @@ file and leaves every earlier backup as it was.
 Files that are only read (verifying, restoring from) are ATTACHed to an
 in-memory connection rather than opened directly: `storage.sqlite.connect`
 switches a database to WAL, which would rewrite the backup's header and
-leave `-wal`/`-shm` files beside it.
+leave `-wal`/`-shm` files beside it. Naming, listing, rotation and that
+ATTACH are shared with snapshots, in `storage.archive`.
 """
 
 from __future__ import annotations
@@ -26,13 +27,13 @@ import hashlib
 import json
 import logging
 import os
-import re
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
-from storage import sqlite
+from storage import archive, sqlite
+from storage.archive import TEMP_PREFIX, NameScheme, rotated_out
 from storage.files import fsync_path, is_regular_file, remove_database_files
 from storage.rebuild import ensure_projections
 from storage.schema import LATEST_VERSION, migrate
@@ -40,16 +41,13 @@ from storage.schema import LATEST_VERSION, migrate
 log = logging.getLogger(__name__)
 
 KINDS = ("nightly", "manual", "pre-restore")
-TEMP_PREFIX = ".tmp-"
 SIDECAR_SUFFIX = ".json"
 SIDECAR_FORMAT = 1
-STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 SQLITE_MAGIC = b"SQLite format 3\x00"
 HASH_CHUNK_BYTES = 1 << 20
 
-NAME_PATTERN = re.compile(
-    r"^memory-(?P<stamp>\d{8}T\d{6}Z)-(?P<kind>nightly|manual|pre-restore)(?:-(?P<serial>\d+))?\.db$"
-)
+NAMES = NameScheme(prefix="memory", noun="backup", kinds=KINDS)
+NAME_PATTERN = NAMES.pattern
 
 
 class BackupError(Exception):
@@ -86,18 +84,12 @@ class BackupCheck:
 
 
 def backup_name(kind: str, taken_at: datetime, serial: int = 1) -> str:
-    stamp = taken_at.astimezone(UTC).strftime(STAMP_FORMAT)
-    suffix = f"-{serial}" if serial > 1 else ""
-    return f"memory-{stamp}-{kind}{suffix}.db"
+    return NAMES.name(kind, taken_at, serial)
 
 
 def parse_name(name: str) -> tuple[str, datetime, int] | None:
     """(kind, taken_at, serial) for a backup file name, or None if it is not one."""
-    match = NAME_PATTERN.match(name)
-    if match is None:
-        return None
-    taken_at = datetime.strptime(match["stamp"], STAMP_FORMAT).replace(tzinfo=UTC)
-    return match["kind"], taken_at, int(match["serial"] or 1)
+    return NAMES.parse(name)
 
 
 # taking
@@ -117,11 +109,7 @@ def take_backup(
     Backups named in `protect` are never pruned: the safety copy a restore
     takes first must not delete the (pre-restore) backup about to be restored.
     """
-    if kind not in KINDS:
-        raise ValueError(f"unknown backup kind {kind!r}")
-    backups_dir.mkdir(parents=True, exist_ok=True)
-    taken_at = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
-    name = _free_name(backups_dir, kind, taken_at)
+    name, taken_at = NAMES.new_name(backups_dir, kind, now, sidecar_suffix=SIDECAR_SUFFIX)
     temp = backups_dir / f"{TEMP_PREFIX}{name}"
     temp_sidecar = backups_dir / f"{TEMP_PREFIX}{name}{SIDECAR_SUFFIX}"
     try:
@@ -238,16 +226,15 @@ def verify_file(path: Path) -> BackupCheck:
 
 @contextlib.contextmanager
 def attached(path: Path, alias: str = "candidate") -> Iterator[sqlite.sqlite3.Connection]:
-    """A connection with the database at `path` ATTACHed as `alias`, for reading it unchanged."""
+    """A connection with the database at `path` ATTACHed as `alias`, for reading it unchanged.
+
+    Any file will do, a link to one too: `verify` checks copies kept elsewhere.
+    """
     if not path.is_file():
         # ATTACH would create an empty database there.
         raise InvalidBackup(f"{path.name} does not exist")
-    conn = sqlite.connect(":memory:", check_same_thread=False)
-    try:
-        conn.execute(f"ATTACH DATABASE ? AS {alias}", (str(path),))
+    with archive.attached(path, alias) as conn:
         yield conn
-    finally:
-        conn.close()
 
 
 def _schema_version(conn: sqlite.sqlite3.Connection) -> int | None:
@@ -285,12 +272,10 @@ def list_backups(backups_dir: Path) -> list[BackupInfo]:
     found: list[tuple[tuple[datetime, int], BackupInfo]] = []
     if not backups_dir.is_dir():
         return []
-    for path in backups_dir.iterdir():
+    for path in NAMES.files_in(backups_dir):
         parsed = parse_name(path.name)
-        if parsed is None or not is_regular_file(path, folder="backups"):
-            continue
         size = _size_or_none(path)
-        if size is None:
+        if parsed is None or size is None:
             continue
         kind, taken_at, serial = parsed
         sidecar = read_sidecar(path) or {}
@@ -332,8 +317,7 @@ def prune_backups(backups_dir: Path, *, kind: str, keep: int, protect: Collectio
     Each kind is pruned on its own, so the nightly rotation never removes a
     manual backup or the safety copy taken before a restore.
     """
-    of_kind = [b for b in list_backups(backups_dir) if b.kind == kind]
-    doomed = [b for b in of_kind[: max(0, len(of_kind) - keep)] if b.name not in protect]
+    doomed = rotated_out(list_backups(backups_dir), kind=kind, keep=keep, protect=protect)
     for info in doomed:
         remove_database_files(Path(f"{info.path}{SIDECAR_SUFFIX}"), info.path)
         log.info("pruned backup %s", info.name)
@@ -420,21 +404,6 @@ def _continue_numbering(conn: sqlite.sqlite3.Connection, reached: int) -> None:
 
 
 # file helpers
-
-
-def _free_name(backups_dir: Path, kind: str, taken_at: datetime) -> str:
-    """A new name that sorts after every backup of `kind` taken in the same second.
-
-    Never a gap left by pruning: a name reused below a higher serial would
-    sort as the oldest of its kind and be pruned as soon as it was taken.
-    """
-    stamp = taken_at.astimezone(UTC).strftime(STAMP_FORMAT)
-    serials = [0]
-    for path in backups_dir.iterdir():
-        parsed = parse_name(path.name.removeprefix(TEMP_PREFIX).removesuffix(SIDECAR_SUFFIX))
-        if parsed is not None and parsed[0] == kind and parsed[1].strftime(STAMP_FORMAT) == stamp:
-            serials.append(parsed[2])
-    return backup_name(kind, taken_at, max(serials) + 1)
 
 
 def _write_synced(path: Path, data: bytes) -> None:

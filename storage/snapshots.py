@@ -22,6 +22,9 @@ of its text or its index terms stays in any of them. A snapshot is written to a
 temporary name and checked against forgets that committed meanwhile before
 it is renamed into place; that check and every scrub hold one lock, so a
 forget can never slip between them.
+
+Naming, listing, rotation and reading a file by ATTACH are shared with
+backups, in `storage.archive`.
 """
 
 from __future__ import annotations
@@ -31,28 +34,25 @@ import hashlib
 import json
 import logging
 import os
-import re
 import threading
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
-from storage import sqlite
+from storage import archive, sqlite
+from storage.archive import TEMP_PREFIX, NameScheme, rotated_out
 from storage.files import fsync_path, is_regular_file, remove_database_files
 from storage.schema import FTS_COLUMNS, FTS_SHADOW_TABLES, PROJECTION_DDL, fts_ddl
 
 log = logging.getLogger(__name__)
 
 KINDS = ("periodic", "manual", "pre-restore")
-TEMP_PREFIX = ".tmp-"
-STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 # Snapshots taken under other projection DDL cannot be loaded into these tables.
 PROJECTION_DIGEST = hashlib.sha256(PROJECTION_DDL.encode()).hexdigest()[:16]
 
-NAME_PATTERN = re.compile(
-    r"^snapshot-(?P<stamp>\d{8}T\d{6}Z)-(?P<kind>periodic|manual|pre-restore)(?:-(?P<serial>\d+))?\.db$"
-)
+NAMES = NameScheme(prefix="snapshot", noun="snapshot", kinds=KINDS)
+NAME_PATTERN = NAMES.pattern
 
 SNAPSHOT_DDL = (
     "CREATE TABLE snapshot (seq INTEGER NOT NULL, kind TEXT NOT NULL, taken_at TEXT NOT NULL,"
@@ -89,8 +89,7 @@ class SnapshotInfo:
 
 
 def snapshot_name(kind: str, taken_at: datetime, serial: int = 1) -> str:
-    stamp = taken_at.astimezone(UTC).strftime(STAMP_FORMAT)
-    return f"snapshot-{stamp}-{kind}{f'-{serial}' if serial > 1 else ''}.db"
+    return NAMES.name(kind, taken_at, serial)
 
 
 # writing
@@ -100,11 +99,7 @@ def write_snapshot(
     db_path: Path, snapshots_dir: Path, *, kind: str, now: datetime | None = None, keep: int | None = None
 ) -> SnapshotInfo:
     """Write the live projections to a new snapshot; then prune that kind to `keep`."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown snapshot kind {kind!r}")
-    snapshots_dir.mkdir(parents=True, exist_ok=True)
-    taken_at = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
-    name = _free_name(snapshots_dir, kind, taken_at)
+    name, taken_at = NAMES.new_name(snapshots_dir, kind, now)
     temp = snapshots_dir / f"{TEMP_PREFIX}{name}"
     try:
         seq = _copy_projections(db_path, temp, kind, taken_at)
@@ -203,23 +198,21 @@ def _check_index_covers_rows(conn: sqlite.sqlite3.Connection) -> int:
 
 @contextlib.contextmanager
 def _attached(path: Path, alias: str = "snap") -> Iterator[sqlite.sqlite3.Connection]:
-    """Read a snapshot file without opening it directly (which would switch it to WAL)."""
+    """Read a snapshot file without opening it directly (which would switch it to WAL).
+
+    Only a regular file: a scrub writes through this connection, and never through a link.
+    """
     if not is_regular_file(path, folder="snapshots"):
         raise FileNotFoundError(path)
-    conn = sqlite.connect(":memory:", check_same_thread=False)
-    try:
-        conn.execute(f"ATTACH DATABASE ? AS {alias}", (str(path),))
+    with archive.attached(path, alias) as conn:
         yield conn
-    finally:
-        conn.close()
 
 
 def read_snapshot_info(path: Path) -> SnapshotInfo:
     """What a snapshot file says about itself; `seq` is None if it cannot be read."""
-    match = NAME_PATTERN.match(path.name)
-    if match is None:
+    parsed = NAMES.parse(path.name)
+    if parsed is None:
         raise ValueError(f"{path.name} is not a snapshot name")
-    taken_at = datetime.strptime(match["stamp"], STAMP_FORMAT).replace(tzinfo=UTC)
     size = path.stat().st_size
     try:
         with _attached(path) as conn:
@@ -232,12 +225,12 @@ def read_snapshot_info(path: Path) -> SnapshotInfo:
         log.warning("snapshot %s cannot be read: %s", path.name, exc)
         row = None
     if row is None:
-        return SnapshotInfo(path.name, path, match["kind"], taken_at, size, seq=None)
+        return SnapshotInfo(path.name, path, parsed.kind, parsed.taken_at, size, seq=None)
     return SnapshotInfo(
         name=path.name,
         path=path,
-        kind=match["kind"],
-        taken_at=taken_at,
+        kind=parsed.kind,
+        taken_at=parsed.taken_at,
         size_bytes=size,
         seq=int(row[0]),
         memories=int(row[4]),
@@ -274,10 +267,9 @@ def list_snapshots(snapshots_dir: Path) -> list[SnapshotInfo]:
     if not snapshots_dir.is_dir():
         return []
     infos = []
-    for path in snapshots_dir.iterdir():
-        if NAME_PATTERN.match(path.name) and is_regular_file(path, folder="snapshots"):
-            with contextlib.suppress(FileNotFoundError):  # pruned meanwhile
-                infos.append(read_snapshot_info(path))
+    for path in NAMES.files_in(snapshots_dir):
+        with contextlib.suppress(FileNotFoundError):  # pruned meanwhile
+            infos.append(read_snapshot_info(path))
     return sorted(infos, key=lambda i: (i.taken_at, _serial(i.name), i.name))
 
 
@@ -371,9 +363,9 @@ def prune_snapshots(snapshots_dir: Path, *, kind: str, keep: int, protect: Colle
     never those named in `protect` (the one just written)."""
     with _files_lock:
         infos = list_snapshots(snapshots_dir)
-        of_kind = [i for i in infos if i.kind == kind and i.readable]
-        doomed = [i for i in infos if not i.readable] + of_kind[: max(0, len(of_kind) - keep)]
-        doomed = [i for i in doomed if i.name not in protect]
+        unreadable = [i for i in infos if not i.readable and i.name not in protect]
+        readable = [i for i in infos if i.readable]
+        doomed = unreadable + rotated_out(readable, kind=kind, keep=keep, protect=protect)
         for info in doomed:
             remove_database_files(info.path)
             log.info("pruned snapshot %s", info.name)
@@ -415,9 +407,8 @@ def scrub_memories(snapshots_dir: Path, memory_ids: Iterable[int]) -> int:
         return 0
     changed = 0
     with _files_lock:
-        snapshot_files = (p for p in snapshots_dir.iterdir() if NAME_PATTERN.match(p.name))
         # A link is not the bot's to rewrite or delete (it never loads one either).
-        for path in sorted(p for p in snapshot_files if is_regular_file(p, folder="snapshots")):
+        for path in sorted(NAMES.files_in(snapshots_dir)):
             try:
                 present = _forgotten_in(path, wanted)
             except (sqlite.Error, OSError) as exc:
@@ -518,17 +509,6 @@ def _rollback_quietly(conn: sqlite.sqlite3.Connection) -> None:
         conn.execute("ROLLBACK")
 
 
-def _free_name(snapshots_dir: Path, kind: str, taken_at: datetime) -> str:
-    """A new name that sorts after every snapshot of `kind` taken in the same second
-    (never a gap left by pruning, which would sort as the oldest)."""
-    serials = [0]
-    for path in snapshots_dir.iterdir():
-        match = NAME_PATTERN.match(path.name.removeprefix(TEMP_PREFIX))
-        if match and match["kind"] == kind and match["stamp"] == taken_at.astimezone(UTC).strftime(STAMP_FORMAT):
-            serials.append(int(match["serial"] or 1))
-    return snapshot_name(kind, taken_at, max(serials) + 1)
-
-
 def _serial(name: str) -> int:
-    match = NAME_PATTERN.match(name)
-    return int(match["serial"] or 1) if match else 0
+    parsed = NAMES.parse(name)
+    return parsed.serial if parsed else 0

@@ -1,7 +1,7 @@
 """Appending events: the real write path against raw sqlite3 inserts of the same rows.
 
 The product: `storage.commands.write_memory`, as the chat flow calls it after
-every answered turn, on the bot's own `Database` (aiosqlite writer thread,
+every answered turn, on the bot's own `Database` (the writer connection's thread,
 `BEGIN IMMEDIATE`, the memory_written event encoded to JSON, its projection
 row, its FTS5 entry, the projection position, `COMMIT`): one turn's event and
 projection updates per transaction, committed per turn.

@@ -15,7 +15,7 @@ runs, every 0.5 s (after gc.collect(), so only reachable memory counts)
 tracemalloc reports the bytes held that a line of `companion/worker.py`
 allocated (its queue, its in-flight map, the job tasks and coroutines), and
 all traced bytes of the process since tracing began (whatever the jobs hold:
-the memories being scored, SDK requests, aiosqlite results). The lengths of
+the memories being scored, SDK requests, database results). The lengths of
 the queue and of the in-flight map are sampled every 10 ms. Then a hanging
 classifier fills every slot, to show the bound when nothing ever finishes.
 A worker keeping per-memory state would grow with the backlog; this one

@@ -9,10 +9,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import aiosqlite
-
 from storage import memories
-from storage.connection_thread import run_on_connection
+from storage.connection_thread import Connection
 from storage.database import Database
 from storage.eventlog import append, append_many, appender, redact_forgotten
 from storage.events import (
@@ -219,7 +217,7 @@ async def forget_memory(
     async with db.transaction() as tx:
         memory = await _scoped_memory(tx, scope, memory_id)
         await append(tx, MemoryForgotten(memory_id=memory_id, actor_id=actor_id, reason=reason))
-        await run_on_connection(tx, lambda conn: redact_forgotten(conn, [memory_id]))
+        await tx.run(lambda conn: redact_forgotten(conn, [memory_id]))
         return memory
 
 
@@ -240,7 +238,7 @@ async def rewrite_memory(db: Database, scope: Scope, memory_id: int, user_text: 
         )
         assert row is not None
         await append(tx, MemoryForgotten(memory_id=memory_id, reason=reason))
-        await run_on_connection(tx, lambda conn: redact_forgotten(conn, [memory_id]))
+        await tx.run(lambda conn: redact_forgotten(conn, [memory_id]))
         record = TurnRecord(
             scope=scope,
             channel_id=memory.channel_id,
@@ -290,7 +288,7 @@ async def forget_memories(
     return forgotten
 
 
-async def _auto_pin(tx: aiosqlite.Connection, memory_id: int, pin_cap: int) -> tuple[bool, tuple[int, ...]]:
+async def _auto_pin(tx: Connection, memory_id: int, pin_cap: int) -> tuple[bool, tuple[int, ...]]:
     row = await _fetch_one(
         tx, "SELECT bot_id, scope_kind, scope_id, pinned, author_id FROM memories WHERE id = ?", (memory_id,)
     )
@@ -324,7 +322,7 @@ def author_share(pin_cap: int) -> int:
     return max(1, pin_cap // 2)
 
 
-async def _evict_over_cap(tx: aiosqlite.Connection, scope: Scope, pin_cap: int, *, protect: int) -> tuple[int, ...]:
+async def _evict_over_cap(tx: Connection, scope: Scope, pin_cap: int, *, protect: int) -> tuple[int, ...]:
     pins = await _pin_census(tx, scope)
     excess = max(0, len(pins) - pin_cap)
     evicted = tuple(i for i in sorted(pin.id for pin in pins if pin.auto) if i != protect)[:excess]
@@ -341,7 +339,7 @@ class _Pin:
     author_id: int
 
 
-async def _pin_census(tx: aiosqlite.Connection, scope: Scope) -> list[_Pin]:
+async def _pin_census(tx: Connection, scope: Scope) -> list[_Pin]:
     """The scope's pinned memories."""
     async with tx.execute(
         "SELECT id, pin_auto, pinned_by, author_id FROM memories"
@@ -352,13 +350,13 @@ async def _pin_census(tx: aiosqlite.Connection, scope: Scope) -> list[_Pin]:
     return [_Pin(row[0], bool(row[1]), row[2], row[3]) for row in rows]
 
 
-async def _scoped_memory(tx: aiosqlite.Connection, scope: Scope, memory_id: int) -> memories.Memory:
+async def _scoped_memory(tx: Connection, scope: Scope, memory_id: int) -> memories.Memory:
     memory = await memories.get_memory(tx, scope, memory_id)
     if memory is None:
         raise MemoryNotFound(memory_id)
     return memory
 
 
-async def _fetch_one(tx: aiosqlite.Connection, sql: str, params: tuple) -> tuple | None:
+async def _fetch_one(tx: Connection, sql: str, params: tuple) -> tuple | None:
     async with tx.execute(sql, params) as cursor:
         return await cursor.fetchone()

@@ -1,11 +1,11 @@
 """The database: one writer connection, two readers, and the transaction gate.
 
-aiosqlite runs each connection on its own thread, so no connection ever
-blocks the event loop. The second reader serves full-text search, so a turn's
-search runs beside its other reads (SQLite releases the GIL while it works).
-Every write goes through `transaction()`, which holds an asyncio lock for
-its whole span: statements from two commands can never interleave inside
-one SQLite transaction.
+Each connection runs on a thread of its own (storage/connection_thread.py),
+so no connection ever blocks the event loop. The second reader serves
+full-text search, so a turn's search runs beside its other reads (SQLite
+releases the GIL while it works). Every write goes through `transaction()`,
+which holds an asyncio lock for its whole span: statements from two commands
+can never interleave inside one SQLite transaction.
 """
 
 from __future__ import annotations
@@ -18,16 +18,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TypeVar
 
-import aiosqlite
-
 from storage import sqlite
-from storage.connection_thread import run_on_connection
+from storage.connection_thread import Connection
 from storage.rebuild import ensure_projections, stale_projections
 from storage.schema import LATEST_VERSION, migrate, schema_version
 
 log = logging.getLogger(__name__)
 
-ITER_CHUNK_ROWS = 256
 # How long a checkpoint waits for readers before it gives up (and writes wait behind it).
 CHECKPOINT_BUSY_TIMEOUT_MS = 200
 
@@ -44,9 +41,9 @@ class Database:
     def __init__(
         self,
         path: Path,
-        writer: aiosqlite.Connection | None,
-        reader: aiosqlite.Connection,
-        search_reader: aiosqlite.Connection | None = None,
+        writer: Connection | None,
+        reader: Connection,
+        search_reader: Connection | None = None,
     ) -> None:
         self.path = path
         self.writer = writer
@@ -84,13 +81,13 @@ class Database:
         return cls(path, None, *await _connect(path, writer=False))
 
     @property
-    def _writer(self) -> aiosqlite.Connection:
+    def _writer(self) -> Connection:
         if self.writer is None:
             raise RuntimeError("this database was opened for reading only")
         return self.writer
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def transaction(self) -> AsyncIterator[Connection]:
         """A write transaction: committed on success, rolled back on any error."""
         async with self._write_lock:
             await self._begin()
@@ -143,7 +140,7 @@ class Database:
             return result
 
         async with self._write_lock:
-            return await asyncio.shield(run_on_connection(self._writer, transact))
+            return await asyncio.shield(self._writer.run(transact))
 
     async def _rollback(self) -> None:
         try:
@@ -185,7 +182,7 @@ class Database:
             return busy == 0
 
         async with self._write_lock:
-            return await asyncio.shield(run_on_connection(self._writer, truncate))
+            return await asyncio.shield(self._writer.run(truncate))
 
     async def close(self) -> None:
         await self.reader.close()
@@ -195,21 +192,20 @@ class Database:
             return
         async with self._write_lock:
             try:
-                async with self.writer.execute("PRAGMA optimize") as cursor:
-                    await cursor.fetchall()
+                await self.writer.execute_fetchall("PRAGMA optimize")
             except sqlite.Error:
                 log.debug("PRAGMA optimize failed at close", exc_info=True)
             await self.writer.close()
 
 
-async def _connect(path: Path, *, writer: bool) -> list[aiosqlite.Connection]:
+async def _connect(path: Path, *, writer: bool) -> list[Connection]:
     """The writer (if asked for) and the two readers, all closed again if any fails to open."""
     factories = [lambda: sqlite.connect(path)] if writer else []
     factories += [lambda: sqlite.connect(path, query_only=True)] * 2
-    opened: list[aiosqlite.Connection] = []
+    opened: list[Connection] = []
     try:
         for factory in factories:
-            opened.append(await aiosqlite.Connection(factory, ITER_CHUNK_ROWS))
+            opened.append(await Connection.open(factory))
     except BaseException:
         for conn in opened:
             await conn.close()

@@ -11,9 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
-import aiosqlite
-
-from storage.connection_thread import run_on_connection
+from storage.connection_thread import Connection
 from storage.events import Event, MemorySignificanceFailed, MemoryWritten, decode, dump_payload, encode, payload_of
 from storage.projections import advance_to, fold
 from storage.sqlite import sqlite3
@@ -28,12 +26,12 @@ class RecordedEvent:
     event: Event
 
 
-async def append(tx: aiosqlite.Connection, event: Event) -> int:
+async def append(tx: Connection, event: Event) -> int:
     """Append `event` and apply it to the projections; returns its sequence number.
 
     Must run inside `Database.transaction()`.
     """
-    return await run_on_connection(tx, appender(event))
+    return await tx.run(appender(event))
 
 
 def appender(event: Event) -> Callable[[sqlite3.Connection], int]:
@@ -116,7 +114,7 @@ def redact_forgotten(conn: sqlite3.Connection, memory_ids: Sequence[int]) -> Non
     )
 
 
-async def read_events(conn: aiosqlite.Connection, *, after_seq: int = 0) -> AsyncIterator[RecordedEvent]:
+async def read_events(conn: Connection, *, after_seq: int = 0) -> AsyncIterator[RecordedEvent]:
     """Every event after `after_seq`, oldest first."""
     async with conn.execute(
         "SELECT seq, kind, version, payload, recorded_at FROM events WHERE seq > ? ORDER BY seq",
@@ -126,7 +124,7 @@ async def read_events(conn: aiosqlite.Connection, *, after_seq: int = 0) -> Asyn
             yield RecordedEvent(seq, recorded_at, decode(kind, version, payload))
 
 
-async def last_seq(conn: aiosqlite.Connection) -> int:
+async def last_seq(conn: Connection) -> int:
     async with conn.execute("SELECT coalesce(max(seq), 0) FROM events") as cursor:
         row = await cursor.fetchone()
     return int(row[0]) if row else 0

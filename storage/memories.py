@@ -11,11 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
-
-from storage.connection_thread import run_on_connection
+from storage.connection_thread import Connection
 from storage.scope import Scope
-from storage.sqlite import sqlite3
 from storage.visibility import ChannelFilter, condition
 
 # Classifier calls a memory may spend without a usable answer, over all its scoring rounds.
@@ -95,31 +92,23 @@ def _scope_params(scope: Scope) -> tuple[int, str, int]:
     return (scope.bot_id, scope.kind, scope.id)
 
 
-async def _rows(conn: aiosqlite.Connection, sql: str, params: Sequence[Any]) -> list[tuple]:
+async def _rows(conn: Connection, sql: str, params: Sequence[Any]) -> list[tuple]:
     """Every row of a query, in one hop to the connection's thread.
 
-    aiosqlite's execute, fetch and cursor close are a hop each; on the reply
+    A cursor's execute, fetch and close would be a hop each; on the reply
     path, with the loop and three database threads taking turns at the GIL,
     each hop costs more than the query itself.
     """
-
-    def query(db: sqlite3.Connection) -> list[tuple]:
-        cursor = db.execute(sql, params)
-        try:
-            return cursor.fetchall()
-        finally:
-            cursor.close()
-
-    return await run_on_connection(conn, query)
+    return await conn.execute_fetchall(sql, params)
 
 
-async def _first_row(conn: aiosqlite.Connection, sql: str, params: Sequence[Any]) -> tuple | None:
+async def _first_row(conn: Connection, sql: str, params: Sequence[Any]) -> tuple | None:
     rows = await _rows(conn, sql, params)
     return rows[0] if rows else None
 
 
 async def get_memory(
-    conn: aiosqlite.Connection, scope: Scope, memory_id: int, *, channel_filter: ChannelFilter | None = None
+    conn: Connection, scope: Scope, memory_id: int, *, channel_filter: ChannelFilter | None = None
 ) -> Memory | None:
     """The memory with this id in this scope (that `channel_filter` lets through), or None
     (unknown, forgotten, elsewhere, or from a channel hidden from the reader)."""
@@ -133,7 +122,7 @@ async def get_memory(
 
 
 async def pinned_memories(
-    conn: aiosqlite.Connection, scope: Scope, *, channel_filter: ChannelFilter | None = None
+    conn: Connection, scope: Scope, *, channel_filter: ChannelFilter | None = None
 ) -> list[Memory]:
     """Every pinned memory of the scope (that `channel_filter` lets through), oldest first."""
     visible, params = condition(channel_filter)
@@ -146,7 +135,7 @@ async def pinned_memories(
 
 
 async def pinned_and_recent(
-    conn: aiosqlite.Connection,
+    conn: Connection,
     scope: Scope,
     channel_id: int,
     recent: int,
@@ -170,7 +159,7 @@ async def pinned_and_recent(
     return pinned, newest_first[::-1]
 
 
-async def recent_memories(conn: aiosqlite.Connection, scope: Scope, channel_id: int, limit: int) -> list[Memory]:
+async def recent_memories(conn: Connection, scope: Scope, channel_id: int, limit: int) -> list[Memory]:
     """The channel's last `limit` remembered turns, oldest first.
 
     By when they were said, not by when they were remembered: an imported
@@ -188,7 +177,7 @@ async def recent_memories(conn: aiosqlite.Connection, scope: Scope, channel_id: 
 
 
 async def list_memories(
-    conn: aiosqlite.Connection,
+    conn: Connection,
     scope: Scope,
     *,
     pinned_only: bool = False,
@@ -216,7 +205,7 @@ async def list_memories(
 
 
 async def count_memories(
-    conn: aiosqlite.Connection,
+    conn: Connection,
     scope: Scope,
     *,
     pinned_only: bool = False,
@@ -230,7 +219,7 @@ async def count_memories(
     return int(row[0]) if row else 0
 
 
-async def next_turns(conn: aiosqlite.Connection, scope: Scope, turns: Sequence[Memory]) -> dict[int, Memory]:
+async def next_turns(conn: Connection, scope: Scope, turns: Sequence[Memory]) -> dict[int, Memory]:
     """The turn said after each of `turns` in its own channel (or thread), by the id of the turn before it."""
     if not turns:
         return {}
@@ -245,7 +234,7 @@ async def next_turns(conn: aiosqlite.Connection, scope: Scope, turns: Sequence[M
     return {row[-1]: _memory(row[:-1]) for row in rows}
 
 
-async def memories_by_id(conn: aiosqlite.Connection, scope: Scope, memory_ids: Sequence[int]) -> list[Memory]:
+async def memories_by_id(conn: Connection, scope: Scope, memory_ids: Sequence[int]) -> list[Memory]:
     """The memories with these ids in this scope, oldest first (others' ids are skipped)."""
     found: list[Memory] = []
     for start in range(0, len(memory_ids), 10_000):
@@ -261,7 +250,7 @@ async def memories_by_id(conn: aiosqlite.Connection, scope: Scope, memory_ids: S
 
 
 async def drawing_on(
-    conn: aiosqlite.Connection, scope: Scope, memory_id: int, *, channel_filter: ChannelFilter | None = None
+    conn: Connection, scope: Scope, memory_id: int, *, channel_filter: ChannelFilter | None = None
 ) -> list[Memory]:
     """The later memories of the scope whose prompts held `memory_id` (their replies may repeat it)."""
     visible, params = condition(channel_filter)
@@ -275,7 +264,7 @@ async def drawing_on(
 
 
 async def memory_ids(
-    conn: aiosqlite.Connection, scope: Scope, *, author_id: int | None = None, channel_id: int | None = None
+    conn: Connection, scope: Scope, *, author_id: int | None = None, channel_id: int | None = None
 ) -> list[int]:
     """The ids of every memory of the scope, oldest first: of one author's turns, with `author_id`;
     said in a channel or its threads (or in a thread), with `channel_id`."""
@@ -291,7 +280,7 @@ async def memory_ids(
 
 
 async def memories_of_messages(
-    conn: aiosqlite.Connection, bot_id: int, message_ids: Sequence[int], *, replies: bool = True
+    conn: Connection, bot_id: int, message_ids: Sequence[int], *, replies: bool = True
 ) -> list[tuple[int, Scope]]:
     """The memories (id and scope) that Discord messages came from: a person's message, or a reply's."""
     if not message_ids:
@@ -313,13 +302,13 @@ async def memories_of_messages(
     return [(row[0], Scope(row[1], row[2], row[3])) for row in rows]
 
 
-async def memory_scope(conn: aiosqlite.Connection, memory_id: int) -> Scope | None:
+async def memory_scope(conn: Connection, memory_id: int) -> Scope | None:
     """The scope a memory belongs to (no text), for background work that starts from an id."""
     row = await _first_row(conn, "SELECT bot_id, scope_kind, scope_id FROM memories WHERE id = ?", (memory_id,))
     return Scope(row[0], row[1], row[2]) if row else None
 
 
-async def memories_before(conn: aiosqlite.Connection, memory: Memory, limit: int) -> list[Memory]:
+async def memories_before(conn: Connection, memory: Memory, limit: int) -> list[Memory]:
     """The turns said just before `memory` in its channel, oldest first."""
     rows = await _rows(
         conn,
@@ -330,7 +319,7 @@ async def memories_before(conn: aiosqlite.Connection, memory: Memory, limit: int
     return [_memory(row) for row in reversed(rows)]
 
 
-async def unscored_memory_ids(conn: aiosqlite.Connection, *, after_id: int, limit: int) -> list[int]:
+async def unscored_memory_ids(conn: Connection, *, after_id: int, limit: int) -> list[int]:
     """Ids of memories still waiting for a score, oldest first, past `after_id`."""
     rows = await _rows(
         conn,
@@ -341,7 +330,7 @@ async def unscored_memory_ids(conn: aiosqlite.Connection, *, after_id: int, limi
     return [row[0] for row in rows]
 
 
-async def count_unscored(conn: aiosqlite.Connection) -> int:
+async def count_unscored(conn: Connection) -> int:
     sql = "SELECT count(*) FROM memories WHERE significance IS NULL AND wants_score = 1 AND scoring_failures < ?"
     row = await _first_row(conn, sql, (MAX_SCORING_FAILURES,))
     return int(row[0]) if row else 0

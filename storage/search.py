@@ -42,10 +42,8 @@ from dataclasses import dataclass
 from itertools import combinations
 from typing import Any
 
-import aiosqlite
-
 from storage import tokens
-from storage.connection_thread import run_on_connection
+from storage.connection_thread import Connection
 from storage.memories import COLUMNS, Memory, memory_from_row
 from storage.schema import FTS_COLUMNS
 from storage.scope import Scope
@@ -107,14 +105,14 @@ def query_terms(text: str) -> list[str]:
 
 
 async def search(
-    conn: aiosqlite.Connection, scope: Scope, text: str, limit: int, *, channel_filter: ChannelFilter | None = None
+    conn: Connection, scope: Scope, text: str, limit: int, *, channel_filter: ChannelFilter | None = None
 ) -> list[SearchHit]:
     """The scope's memories best matching `text`, best first, at most `limit`; only those
     `channel_filter` lets through, when there is one."""
     terms = query_terms(text)
     if not terms or limit <= 0:
         return []
-    return await run_on_connection(conn, lambda db: search_on(db, scope, terms, limit, channel_filter))
+    return await conn.run(lambda db: search_on(db, scope, terms, limit, channel_filter))
 
 
 def search_on(

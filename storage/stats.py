@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import aiosqlite
+from storage.connection_thread import Connection
 
 
 @dataclass(frozen=True)
@@ -16,7 +16,7 @@ class MemoryCounts:
     last_event_id: int
 
 
-async def memory_counts(conn: aiosqlite.Connection) -> MemoryCounts:
+async def memory_counts(conn: Connection) -> MemoryCounts:
     async with conn.execute(
         "SELECT count(*), coalesce(sum(pinned), 0),"
         " count(DISTINCT CASE WHEN scope_kind = 'guild' THEN scope_id END),"

@@ -9,15 +9,12 @@ that needs it.
 from __future__ import annotations
 
 import inspect
-import threading
 
-import aiosqlite
 import httpx2
 import openai
 
 from companion.config import LLMConfig
 from companion.llm import MAX_RETRY_AFTER_SECONDS, LLMClient, LLMError
-from storage.connection_thread import run_on_connection
 
 
 def test_openai_sdk_still_has_the_retry_hooks_llm_relies_on():
@@ -76,34 +73,3 @@ async def test_short_retry_after_is_still_retried_by_the_sdk():
     error, attempts = await _chat_with({"retry-after-ms": "1"})
 
     assert (error.kind, attempts) == ("rate_limited", 3)
-
-
-def test_aiosqlite_still_has_the_hooks_run_on_connection_relies_on():
-    execute = getattr(aiosqlite.Connection, "_execute", None)
-    assert inspect.iscoroutinefunction(execute), (
-        "aiosqlite no longer has the coroutine Connection._execute(fn, *args, **kwargs); "
-        "storage/connection_thread.py's run_on_connection relies on it"
-    )
-    assert list(inspect.signature(execute).parameters) == ["self", "fn", "args", "kwargs"], (
-        f"aiosqlite's Connection._execute is now {inspect.signature(execute)}, not (self, fn, *args, **kwargs); "
-        "storage/connection_thread.py's run_on_connection calls it"
-    )
-    assert isinstance(inspect.getattr_static(aiosqlite.Connection, "_conn", None), property), (
-        "aiosqlite no longer has the property Connection._conn (the sqlite3 connection); "
-        "storage/connection_thread.py's run_on_connection relies on it"
-    )
-
-
-async def test_run_on_connection_runs_work_on_the_connections_own_thread():
-    async with aiosqlite.connect(":memory:") as conn:
-        await conn.execute("CREATE TABLE t (x)")
-
-        def work(raw) -> tuple[int, int]:
-            raw.execute("INSERT INTO t VALUES (1)")
-            return threading.get_ident(), raw.execute("SELECT count(*) FROM t").fetchone()[0]
-
-        thread_id, count = await run_on_connection(conn, work)
-        async with conn.execute("SELECT count(*) FROM t") as cursor:
-            seen_through_aiosqlite = (await cursor.fetchone())[0]
-
-    assert (thread_id != threading.get_ident(), count, seen_through_aiosqlite) == (True, 1, 1)

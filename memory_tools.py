@@ -23,13 +23,13 @@ from companion.history_import import Export, ExportError, read_export
 from companion.recall import Recalled
 from companion.records import memory_record
 from companion.turns import IncomingTurn, PreparedPrompt, prepare_prompt
-from storage import departures, identity, memories, sqlite, visibility
-from storage.commands import TurnRecord, forget_memories, import_memories, memory_written
-from storage.database import Database
+from storage import identity, sqlite
+from storage.commands import TurnRecord, memory_written
 from storage.events import SOURCE_IMPORT
 from storage.memories import Memory
 from storage.scope import Scope
-from storage.snapshots import scrub_memories
+from storage.sqlite_store import SQLiteStore
+from storage.store import MemoryStore
 
 # Imported turns written per transaction: long enough to be fast, short enough that a
 # running bot's own writes never wait long behind one.
@@ -79,26 +79,26 @@ async def recall_command(
 ) -> int:
     """Print what the prompt for each message would hold: a listing or a JSON object for one
     message (`texts` a str), one JSON line per message for many."""
-    db = await Database.open_for_reading(config.storage.database_path)
+    store = await SQLiteStore.open_for_reading(config.storage.database_path)
     try:
         if isinstance(texts, str):
-            prepared = await _prepare(config, db, scope, channel_id, texts)
+            prepared = await _prepare(config, store, scope, channel_id, texts)
             if as_json:
                 print(json.dumps(prompt_contents(prepared), ensure_ascii=False), file=out)
             else:
                 print(listing(prepared, scope, channel_id, texts), file=out)
             return 0
         for text in texts:
-            prepared = await _prepare(config, db, scope, channel_id, text.rstrip("\n"))
+            prepared = await _prepare(config, store, scope, channel_id, text.rstrip("\n"))
             print(json.dumps(prompt_contents(prepared), ensure_ascii=False), file=out, flush=True)
         return 0
     finally:
-        await db.close()
+        await store.close()
 
 
-async def _prepare(config: Config, db: Database, scope: Scope, channel_id: int, text: str) -> PreparedPrompt:
+async def _prepare(config: Config, store: MemoryStore, scope: Scope, channel_id: int, text: str) -> PreparedPrompt:
     # Who asks changes nothing recalled; in DMs it can only be the scope's person.
-    parent = await visibility.thread_parent(db, scope, channel_id) if scope.kind == "guild" else None
+    parent = await store.thread_parent(scope, channel_id) if scope.kind == "guild" else None
     turn = IncomingTurn(
         scope=scope,
         channel_id=channel_id,
@@ -107,7 +107,7 @@ async def _prepare(config: Config, db: Database, scope: Scope, channel_id: int, 
         author_name="someone",
         text=text,
     )
-    return await prepare_prompt(config, db, turn, now=time.time())
+    return await prepare_prompt(config, store, turn, now=time.time())
 
 
 def prompt_contents(prepared: PreparedPrompt) -> dict[str, list[dict[str, Any]]]:
@@ -162,30 +162,30 @@ async def forget_user_command(
 ) -> int:
     """Forget every memory of what `user_id` said: in one server, or in every server and their DMs."""
     out = out or sys.stdout
-    db = await Database.open(config.storage.database_path, snapshots_dir=config.storage.snapshots_dir)
+    store = await SQLiteStore.open(config.storage.database_path, snapshots_dir=config.storage.snapshots_dir)
     try:
         if guild_id is not None:
             scopes = [Scope.for_guild(bot_id, guild_id)]
         else:
-            scopes = [Scope.for_guild(bot_id, g) for g in await departures.remembered_guilds(db, bot_id)]
+            scopes = [Scope.for_guild(bot_id, g) for g in await store.remembered_guilds(bot_id)]
             scopes.append(Scope.for_dm(bot_id, user_id))
         forgotten: list[int] = []
         for scope in scopes:
-            ids = await memories.memory_ids(db.reader, scope, author_id=user_id)
-            done = await forget_memories(db, scope, ids, actor_id=None, reason=FORGOTTEN_BY_OWNER)
+            ids = await store.memory_ids(scope, author_id=user_id)
+            done = await store.forget_many(scope, ids, actor_id=None, reason=FORGOTTEN_BY_OWNER)
             if done:
                 print(f"{scope}: forgot {len(done):,} memories of user {user_id}", file=out)
             forgotten += done
         if forgotten:
             # As after /memory forget: out of the snapshots, and out of the WAL's pages.
-            await asyncio.to_thread(scrub_memories, config.storage.snapshots_dir, forgotten)
-            if not await db.checkpoint():
+            await store.scrub_copies(forgotten)
+            if not await store.checkpoint():
                 print("note: a reader held up the checkpoint; the running bot's next one finishes it", file=out)
         where = f"server {guild_id}" if guild_id is not None else "any server or their DMs"
         print(f"forgot {len(forgotten):,} memories of user {user_id} in {where}", file=out)
         return 0
     finally:
-        await db.close()
+        await store.close()
 
 
 # import
@@ -204,7 +204,7 @@ async def import_command(
     """Import each export; a bad file is reported and imports nothing, the others go ahead."""
     out, err = out or sys.stdout, err or sys.stderr
     progress = Progress(err)
-    db = await Database.open(config.storage.database_path, snapshots_dir=config.storage.snapshots_dir)
+    store = await SQLiteStore.open(config.storage.database_path, snapshots_dir=config.storage.snapshots_dir)
     failed = 0
     try:
         for path in paths:
@@ -218,16 +218,16 @@ async def import_command(
                 failed += 1
                 continue
             started = time.perf_counter()
-            new = await _write(db, export, bot_name=config.persona.name, score=score, progress=progress)
+            new = await _write(store, export, bot_name=config.persona.name, score=score, progress=progress)
             progress.clear()
             seconds = time.perf_counter() - started
             print(_summary(export, new, seconds), file=out, flush=True)
     finally:
-        await db.close()
+        await store.close()
     return 1 if failed else 0
 
 
-async def _write(db: Database, export: Export, *, bot_name: str, score: bool, progress: Progress) -> int:
+async def _write(store: MemoryStore, export: Export, *, bot_name: str, score: bool, progress: Progress) -> int:
     scope = export.scope
     new = 0
     for start in range(0, len(export.turns), IMPORT_BATCH):
@@ -252,7 +252,7 @@ async def _write(db: Database, export: Export, *, bot_name: str, score: bool, pr
             )
             for turn in export.turns[start : start + IMPORT_BATCH]
         ]
-        new += await import_memories(db, events)
+        new += await store.import_memories(events)
         progress.writing(export.path, start + len(events), len(export.turns))
     return new
 

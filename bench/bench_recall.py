@@ -46,8 +46,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
-
 from bench import recall_data
 from bench.common import CACHE_DIR, Result, main, median, percentile
 from bench.dataset import BOT_NAME, Dataset, DatasetSpec, load_dataset
@@ -57,11 +55,13 @@ from companion.config import Config
 from companion.turns import IncomingTurn, prepare_prompt
 from storage import search, sqlite, tokens
 from storage.commands import TurnRecord, memory_written
-from storage.database import ITER_CHUNK_ROWS, Database
+from storage.connection_thread import Connection
+from storage.database import Database
 from storage.events import SOURCE_CHAT, SOURCE_IMPORT, encode
 from storage.rebuild import rebuild_on
 from storage.schema import migrate
 from storage.scope import Scope
+from storage.sqlite_store import SQLiteStore
 
 TARGET_MARGIN = 0.05  # recall@10 at least 5 points above plain BM25
 TARGET_P99_MS = 10.0
@@ -220,14 +220,15 @@ async def score_choice(
 ) -> Scores:
     scores = Scores.empty()
     db = await Database.open(path)
+    store = SQLiteStore(db)
     try:
         with settings(choice):
             for question in recall_set.questions:
                 scope = recall_set.conversations[question.conversation].scope
-                found = await recall.recall(db.reader, scope, question.text, limit=max(KS), now=question.asked_at)
+                found = await recall.recall(store, scope, question.text, limit=max(KS), now=question.asked_at)
                 evidence = evidence_ids(question, memory_ids)
                 scores.add(question, evidence, [r.memory.id for r in found])
-                prepared = await prepare_prompt(config, db, incoming(recall_set, question), now=question.asked_at)
+                prepared = await prepare_prompt(config, store, incoming(recall_set, question), now=question.asked_at)
                 in_prompt = {m.id for m in prepared.pinned} | {m.id for m in prepared.recent}
                 in_prompt |= {r.memory.id for r in prepared.recalled}
                 scores.in_prompt += len(evidence & in_prompt) / len(evidence)
@@ -334,11 +335,11 @@ def score_baseline(
 # --------------------------------------------------------------------------------------------------
 
 
-async def heavy_latencies(reader: aiosqlite.Connection, scope: Scope, queries: list[str]) -> list[float]:
+async def heavy_latencies(store: SQLiteStore, scope: Scope, queries: list[str]) -> list[float]:
     latencies = []
     for text in queries:
         started = time.perf_counter()
-        await recall.recall(reader, scope, text, limit=max(KS))
+        await recall.recall(store, scope, text, limit=max(KS))
         latencies.append((time.perf_counter() - started) * 1000)
     return latencies
 
@@ -383,7 +384,7 @@ def exhaustive() -> Iterator[None]:
         search.POSTINGS_BUDGET, search.SHORTLIST = saved
 
 
-async def agreement(reader: aiosqlite.Connection, scope: Scope, queries: list[str]) -> tuple[float, list[float]]:
+async def agreement(reader: Connection, scope: Scope, queries: list[str]) -> tuple[float, list[float]]:
     """How much of the exact top 10 the search returns; and the latencies of finding that exact top 10.
 
     Exact: every match of every term read, and the best EXACT_SHORTLIST of them by the
@@ -424,24 +425,25 @@ async def grown_scores(recall_set: RecallSet, workdir: Path, memories: int) -> G
     latencies: list[float] = []
     placed_latencies: list[float] = []
     db = await Database.open(path)
+    store = SQLiteStore(db)
     try:
         scope = bigger.conversations[GROWN].scope
         for question in guild_only.questions:
             evidence = evidence_ids(question, memory_ids)
             started = time.perf_counter()
-            found = await recall.recall(db.reader, scope, question.text, limit=max(KS), now=question.asked_at)
+            found = await recall.recall(store, scope, question.text, limit=max(KS), now=question.asked_at)
             latencies.append((time.perf_counter() - started) * 1000)
             shipped.add(question, evidence, [r.memory.id for r in found])
             place = recall.place_filter(scope, question.channel_id, None, Config().memory.share_across_channels)
             started = time.perf_counter()
             found = await recall.recall(
-                db.reader, scope, question.text, limit=max(KS), now=question.asked_at, channel_filter=place
+                store, scope, question.text, limit=max(KS), now=question.asked_at, channel_filter=place
             )
             placed_latencies.append((time.perf_counter() - started) * 1000)
             placed.add(question, evidence, [r.memory.id for r in found])
             with exhaustive():
                 found = await recall.recall(
-                    db.reader, scope, question.text, limit=EXACT_SHORTLIST // 2, now=question.asked_at
+                    store, scope, question.text, limit=EXACT_SHORTLIST // 2, now=question.asked_at
                 )
             exact.add(question, evidence, [r.memory.id for r in found])
     finally:
@@ -480,10 +482,11 @@ async def _run(quick: bool) -> Result:
         chat = dataset.chat_text("recall-bench")
         count = QUICK_LATENCY_QUERIES if quick else LATENCY_QUERIES
         queries = [chat.user_message(dataset.heavy) for _ in range(count)]
-        reader = await aiosqlite.Connection(lambda: sqlite.connect(dataset.path, query_only=True), ITER_CHUNK_ROWS)
+        reader = await Connection.open(lambda: sqlite.connect(dataset.path, query_only=True))
+        store = SQLiteStore(Database(dataset.path, None, reader))
         try:
             # Once through every query first, so each row below meets the same warm caches.
-            await heavy_latencies(reader, heavy, queries)
+            await heavy_latencies(store, heavy, queries)
             rows: list[tuple[str, Scores, list[float]]] = []
 
             before_conn = before_tables(recall_set, memory_ids)
@@ -512,7 +515,7 @@ async def _run(quick: bool) -> Result:
                 latencies = []
                 if choice.stemming:  # the 1M dataset's index is stemmed: an unstemmed search would miss
                     with settings(choice):
-                        latencies = await heavy_latencies(reader, heavy, queries)
+                        latencies = await heavy_latencies(store, heavy, queries)
                 rows.append((choice.label, scores, latencies))
 
             agreement_count = QUICK_AGREEMENT_QUERIES if quick else AGREEMENT_QUERIES

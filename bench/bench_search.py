@@ -14,25 +14,25 @@ import asyncio
 import random
 import time
 
-import aiosqlite
-
 from bench.common import Result, main, median, percentile
 from bench.dataset import DatasetSpec, load_dataset
 from cogs.memory import SEARCH_RESULTS
 from companion import recall
 from storage import sqlite
-from storage.database import ITER_CHUNK_ROWS
+from storage.connection_thread import Connection
+from storage.database import Database
+from storage.sqlite_store import SQLiteStore
 
 TARGET_P99_MS = 20.0
 WARMUP_QUERIES = 50
 
 
-async def _measure(reader: aiosqlite.Connection, queries: list[tuple]) -> tuple[list[float], float]:
+async def _measure(store: SQLiteStore, queries: list[tuple]) -> tuple[list[float], float]:
     latencies = []
     hits = 0
     for scope, text in queries:
         started = time.perf_counter()
-        ranked = await recall.recall(reader, scope, text, limit=SEARCH_RESULTS, follow_ups=False)
+        ranked = await recall.recall(store, scope, text, limit=SEARCH_RESULTS, follow_ups=False)
         latencies.append((time.perf_counter() - started) * 1000)
         hits += bool(ranked)
     return latencies, hits / max(1, len(queries))
@@ -52,12 +52,13 @@ async def _run(quick: bool) -> Result:
     result = Result("memory search")
     result.extra["dataset"] = {"memories": spec.memories, "scopes": spec.scopes, "heavy": spec.heavy}
     # A query_only connection like the bot's reader: the cached file is never written.
-    reader = await aiosqlite.Connection(lambda: sqlite.connect(dataset.path, query_only=True), ITER_CHUNK_ROWS)
+    reader = await Connection.open(lambda: sqlite.connect(dataset.path, query_only=True))
+    store = SQLiteStore(Database(dataset.path, None, reader))
     try:
-        await _measure(reader, [(dataset.heavy.scope, text.user_message(dataset.heavy)) for _ in range(WARMUP_QUERIES)])
+        await _measure(store, [(dataset.heavy.scope, text.user_message(dataset.heavy)) for _ in range(WARMUP_QUERIES)])
         for label, layouts in cases.items():
             queries = [(layout.scope, text.user_message(layout)) for layout in layouts]
-            latencies, hit_rate = await _measure(reader, queries)
+            latencies, hit_rate = await _measure(store, queries)
             p99 = percentile(latencies, 99)
             result.add(f"{label} p50", median(latencies), "ms")
             result.add(f"{label} p99", p99, "ms", f"<= {TARGET_P99_MS:g} ms", p99 <= TARGET_P99_MS)

@@ -154,7 +154,7 @@ def install_probes(probe: Probe) -> Any:
 
     import companion.recall
     import companion.turns
-    import companion.worker
+    import storage.commands
     from storage import memories
 
     received_message = DiscordWebSocket.received_message
@@ -184,7 +184,7 @@ def install_probes(probe: Probe) -> Any:
     companion.recall.choose = _timed(probe, "rank", companion.recall.choose)
     companion.turns.build_prompt = _timed_sync(probe, "assemble", companion.turns.build_prompt)
 
-    record_significance = companion.worker.record_significance
+    record_significance = storage.commands.record_significance
 
     async def timed_record_significance(db: Any, memory_id: int, *args: Any, **kwargs: Any) -> Any:
         started = time.monotonic()
@@ -196,7 +196,7 @@ def install_probes(probe: Probe) -> Any:
             if message_id is not None:
                 probe.settled(message_id)
 
-    companion.worker.record_significance = timed_record_significance
+    storage.commands.record_significance = timed_record_significance
 
     async def on_chunk_sent(session: Any, context: Any, params: aiohttp.TraceRequestChunkSentParams) -> None:
         if params.method == "POST" and params.url.path.endswith("/messages"):

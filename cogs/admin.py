@@ -22,7 +22,6 @@ from companion.llm import EndpointProbe
 from companion.operations import OperationsStatus, RestoreReport
 from storage.backups import BackupError, BackupInfo, InvalidBackup, UnknownBackup
 from storage.snapshots import SnapshotError
-from storage.stats import memory_counts
 
 if TYPE_CHECKING:
     from bot import CompanionBot
@@ -202,7 +201,7 @@ class Status(commands.Cog):
 
     async def _status_text(self) -> str:
         bot = self.bot
-        counts = await memory_counts(bot.db.reader)
+        counts = await bot.store.counts()
         worker = bot.scoring.status()
         pending = await bot.scoring.pending_count()
         ops = await bot.operations.status()

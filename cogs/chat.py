@@ -21,8 +21,8 @@ from companion.limits import TurnRateLimit
 from companion.ordering import ChannelLanes
 from companion.splitting import split_message
 from companion.turns import IncomingTurn
-from storage import sqlite
 from storage.scope import Scope
+from storage.store import StoreError
 
 if TYPE_CHECKING:
     from bot import CompanionBot
@@ -133,22 +133,20 @@ class Chat(commands.Cog):
         delivered = await self._deliver(message, reply.text)
         if not reply.ok or not delivered:
             return
-        if self.bot.was_deleted(message.id):
+        if self.bot.forgetting.was_deleted(message.id):
             return  # deleted while the bot answered: Discord forgot it, so the bot does not remember it
         try:
             prompt = reply.prompt
-            memory_id = await self.bot.turns.remember(
+            await self.bot.turns.remember(
                 turn,
                 "\n".join(chunk for chunk, _ in delivered),
                 reply_message_ids=[i for _, i in delivered],
                 drew_on=[*prompt.pinned_ids, *prompt.recalled_ids, *prompt.recent_ids] if prompt else [],
             )
-        except sqlite.Error as exc:
+        except StoreError as exc:
             # The user has their answer; say plainly that this turn won't be remembered.
             log.error("could not write the memory of message %s: %s", message.id, exc)
             await self._send_quietly(message, MEMORY_WRITE_FAILED_REPLY)
-            return
-        self.bot.memory_written(memory_id)
 
     def incoming_turn(self, message: discord.Message) -> IncomingTurn:
         bot_id = self.bot.user.id if self.bot.user else 0

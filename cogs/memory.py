@@ -25,17 +25,9 @@ from cogs.replies import UserFacingError, send_ephemeral
 from companion import recall
 from companion.context import clip
 from companion.records import memory_record
-from storage import memories, search, sqlite
-from storage.commands import (
-    ManualPinLimit,
-    MemoryNotFound,
-    forget_memories,
-    forget_memory,
-    pin_memory,
-    unpin_memory,
-)
 from storage.memories import Memory
 from storage.scope import Scope
+from storage.store import ManualPinLimit, MemoryNotFound, StoreError
 from storage.visibility import ChannelFilter
 
 if TYPE_CHECKING:
@@ -175,8 +167,7 @@ class MemoryPages(discord.ui.View):
         return len(self.page_starts)
 
     async def load(self) -> str:
-        self.page = await memories.list_memories(
-            self.cog.bot.db.reader,
+        self.page = await self.cog.bot.store.list_memories(
             self.scope,
             pinned_only=self.pinned_only,
             before_id=self.page_starts[-1],
@@ -293,7 +284,7 @@ class MemoryCog(commands.GroupCog, group_name="memory", group_description="See a
         """List what I remember here, newest first."""
         scope = scope_of(interaction)
         readable = readable_by(interaction)
-        total = await memories.count_memories(self.bot.db.reader, scope, pinned_only=pinned, channel_filter=readable)
+        total = await self.bot.store.count_memories(scope, pinned_only=pinned, channel_filter=readable)
         if total == 0:
             what = "pinned memories" if pinned else "memories"
             await send_ephemeral(interaction, f"I have no {what} here yet.")
@@ -311,11 +302,11 @@ class MemoryCog(commands.GroupCog, group_name="memory", group_description="See a
     async def search(self, interaction: discord.Interaction, query: SearchQuery) -> None:
         """Search what I remember here, best match first."""
         scope = scope_of(interaction)
-        if not search.query_terms(query):
+        if not self.bot.store.has_search_terms(query):
             raise UserFacingError("Give me a word or two to look for (very common words like 'the' are skipped).")
         # The turn's own recall, without the turns it brings along: these are the matches themselves.
         found = await recall.recall(
-            self.bot.db.reader,
+            self.bot.store,
             scope,
             query,
             limit=SEARCH_RESULTS,
@@ -344,8 +335,7 @@ class MemoryCog(commands.GroupCog, group_name="memory", group_description="See a
         limited = interaction.guild_id is not None and not await self._may_change_any(interaction)
         try:
             outcome = await self._change(
-                pin_memory(
-                    self.bot.db,
+                self.bot.store.pin(
                     scope,
                     id,
                     actor_id=interaction.user.id,
@@ -379,7 +369,7 @@ class MemoryCog(commands.GroupCog, group_name="memory", group_description="See a
         scope = scope_of(interaction)
         await self._modifiable(interaction, scope, id)
         await interaction.response.defer(ephemeral=True, thinking=True)
-        outcome = await self._change(unpin_memory(self.bot.db, scope, id, actor_id=interaction.user.id))
+        outcome = await self._change(self.bot.store.unpin(scope, id, actor_id=interaction.user.id))
         if not outcome.changed:
             await send_ephemeral(interaction, f"#{id} isn't pinned.\n{memory_line(outcome.memory)}")
             return
@@ -392,7 +382,7 @@ class MemoryCog(commands.GroupCog, group_name="memory", group_description="See a
         scope = scope_of(interaction)
         memory = await self._modifiable(interaction, scope, id)
         # Later memories whose prompts held this one: their replies may repeat it.
-        later = await memories.drawing_on(self.bot.db.reader, scope, id, channel_filter=readable_by(interaction))
+        later = await self.bot.store.drawing_on(scope, id, channel_filter=readable_by(interaction))
         may_change_any = await self._may_change_any(interaction)
         changeable = [m for m in later if may_change_any or m.author_id == interaction.user.id]
 
@@ -425,19 +415,19 @@ class MemoryCog(commands.GroupCog, group_name="memory", group_description="See a
                 with contextlib.suppress(UserFacingError):
                     with_later.append((await self._modifiable(view.pressed, scope, later_memory.id)).id)
         try:
-            await self._change(forget_memory(self.bot.db, scope, id, actor_id=interaction.user.id))
+            await self._change(self.bot.store.forget(scope, id, actor_id=interaction.user.id))
             if with_later:
-                await forget_memories(
-                    self.bot.db, scope, with_later, actor_id=interaction.user.id, reason=f"drew on forgotten #{id}"
+                await self.bot.store.forget_many(
+                    scope, with_later, actor_id=interaction.user.id, reason=f"drew on forgotten #{id}"
                 )
-        except sqlite.Error:
+        except StoreError:
             # The forget rolled back. Close the question here; the error handler says why.
             with contextlib.suppress(discord.HTTPException):
                 await interaction.edit_original_response(
                     content=f"Nothing was forgotten.\n{memory_line(memory)}", view=None
                 )
             raise
-        cleanup = await self.bot.after_forget([id, *with_later])
+        cleanup = await self.bot.forgetting.after_forget([id, *with_later])
         if cleanup.problems:
             outcome = (
                 f"Forgotten #{id}: its text is gone from my memory and my search, but "
@@ -461,7 +451,7 @@ class MemoryCog(commands.GroupCog, group_name="memory", group_description="See a
         scope = scope_of(interaction)
         if self.bot.paused_reason:
             raise UserFacingError(RESTORING)
-        count = len(await memories.memory_ids(self.bot.db.reader, scope, author_id=interaction.user.id))
+        count = len(await self.bot.store.memory_ids(scope, author_id=interaction.user.id))
         if count == 0:
             await send_ephemeral(interaction, "I don't remember anything you said here.")
             return
@@ -485,16 +475,16 @@ class MemoryCog(commands.GroupCog, group_name="memory", group_description="See a
             return
         await interaction.edit_original_response(content=f"Forgetting {count} {noun}…", view=None)
         # What you said since the question was asked goes too: everything of yours, as asked.
-        memory_ids = await memories.memory_ids(self.bot.db.reader, scope, author_id=interaction.user.id)
+        memory_ids = await self.bot.store.memory_ids(scope, author_id=interaction.user.id)
         try:
-            forgotten = await forget_memories(
-                self.bot.db, scope, memory_ids, actor_id=interaction.user.id, reason=FORGET_ME
+            forgotten = await self.bot.store.forget_many(
+                scope, memory_ids, actor_id=interaction.user.id, reason=FORGET_ME
             )
-        except sqlite.Error:
+        except StoreError:
             with contextlib.suppress(discord.HTTPException):
                 await interaction.edit_original_response(content="Nothing more was forgotten.", view=None)
             raise
-        cleanup = await self.bot.after_forget(forgotten)
+        cleanup = await self.bot.forgetting.after_forget(forgotten)
         outcome = f"Forgotten {len(forgotten)} {'memory' if len(forgotten) == 1 else 'memories'} of what you said here."
         if cleanup.problems:
             outcome += f" But {' and '.join(cleanup.problems)}; my owner can find the details in the log."
@@ -505,11 +495,11 @@ class MemoryCog(commands.GroupCog, group_name="memory", group_description="See a
         """Send you a file of everything I remember of what you said here."""
         scope = scope_of(interaction)
         await interaction.response.defer(ephemeral=True, thinking=True)
-        memory_ids = await memories.memory_ids(self.bot.db.reader, scope, author_id=interaction.user.id)
+        memory_ids = await self.bot.store.memory_ids(scope, author_id=interaction.user.id)
         if not memory_ids:
             await send_ephemeral(interaction, "I don't remember anything you said here.")
             return
-        found = await memories.memories_by_id(self.bot.db.reader, scope, memory_ids)
+        found = await self.bot.store.memories_by_id(scope, memory_ids)
         document = {
             "scope": str(scope),
             "user_id": interaction.user.id,
@@ -539,8 +529,7 @@ class MemoryCog(commands.GroupCog, group_name="memory", group_description="See a
         scope = scope_of(interaction)
         command = interaction.command.name if interaction.command else ""
         author_id = None if await self._may_change_any(interaction) else interaction.user.id
-        candidates = await memories.list_memories(
-            self.bot.db.reader,
+        candidates = await self.bot.store.list_memories(
             scope,
             pinned_only=command == "unpin",
             author_id=author_id,
@@ -569,9 +558,7 @@ class MemoryCog(commands.GroupCog, group_name="memory", group_description="See a
         """The memory, if it exists here and the invoker may change it; else a user-facing error."""
         if self.bot.paused_reason:
             raise UserFacingError(RESTORING)
-        memory = await memories.get_memory(
-            self.bot.db.reader, scope, memory_id, channel_filter=readable_by(interaction)
-        )
+        memory = await self.bot.store.get_memory(scope, memory_id, channel_filter=readable_by(interaction))
         if memory is None:
             raise UserFacingError(NO_SUCH_MEMORY)
         if memory.author_id != interaction.user.id and not await self._may_change_any(interaction):

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING
 import discord
 from discord.ext import commands, tasks
 
-from storage import departures, sqlite, visibility
 from storage.scope import Scope
+from storage.store import StoreError
+from storage.visibility import ChannelVisibility
 
 if TYPE_CHECKING:
     from bot import CompanionBot
@@ -53,20 +54,20 @@ class Privacy(commands.Cog):
         if self.bot.user is None:
             return
         public_channels: set[int] = set()
-        seen: list[visibility.ChannelVisibility] = []
+        seen: list[ChannelVisibility] = []
         for channel in guild.channels:
             if not isinstance(channel, discord.CategoryChannel):
                 # Public: anyone in the server may read what was said there.
                 everyone = channel.permissions_for(guild.default_role)
                 if everyone.view_channel and everyone.read_message_history:
                     public_channels.add(channel.id)
-                seen.append(visibility.ChannelVisibility(channel.id, None, channel.id in public_channels))
+                seen.append(ChannelVisibility(channel.id, None, channel.id in public_channels))
         for thread in guild.threads:
             public = thread.type is not discord.ChannelType.private_thread and thread.parent_id in public_channels
-            seen.append(visibility.ChannelVisibility(thread.id, thread.parent_id, public))
+            seen.append(ChannelVisibility(thread.id, thread.parent_id, public))
         try:
-            await visibility.record_guild_channels(self.bot.db, Scope.for_guild(self.bot.user.id, guild.id), seen)
-        except sqlite.Error as exc:
+            await self.bot.store.record_guild_channels(Scope.for_guild(self.bot.user.id, guild.id), seen)
+        except StoreError as exc:
             # Recall goes by what was recorded before (a channel never recorded counts as
             # private) until the next change, or the hourly check, records it.
             log.warning("could not record which channels of server %s everyone may see: %s", guild.id, exc)
@@ -111,7 +112,7 @@ class Privacy(commands.Cog):
             return
         scope = Scope.for_guild(self.bot.user.id, guild_id)
         try:
-            count = await self.bot.forget_scope(scope, reason=CHANNEL_DELETED, channel_id=channel_id)
+            count = await self.bot.forgetting.forget_scope(scope, reason=CHANNEL_DELETED, channel_id=channel_id)
         except Exception:
             # The memories stay until someone forgets them by hand (or the server removes the bot).
             log.exception("could not forget the memories of deleted channel %s", channel_id)
@@ -125,9 +126,9 @@ class Privacy(commands.Cog):
     async def on_guild_remove(self, guild: discord.Guild) -> None:
         if self.bot.user is None:
             return
-        with contextlib.suppress(sqlite.Error):
-            await visibility.forget_guild_channels(self.bot.db, Scope.for_guild(self.bot.user.id, guild.id))
-        await departures.note_departures(self.bot.db, self.bot.user.id, [guild.id], at=time.time())
+        with contextlib.suppress(StoreError):
+            await self.bot.store.forget_guild_channels(Scope.for_guild(self.bot.user.id, guild.id))
+        await self.bot.store.note_departures(self.bot.user.id, [guild.id], at=time.time())
         log.info("removed from server %s; its memories go after the grace period unless it adds me back", guild.id)
         await self.purge_due()
 
@@ -151,10 +152,10 @@ class Privacy(commands.Cog):
             await self.record_channels(guild)
         bot_id = self.bot.user.id
         present = {guild.id for guild in self.bot.guilds}
-        gone = [g for g in await departures.remembered_guilds(self.bot.db, bot_id) if g not in present]
+        gone = [g for g in await self.bot.store.remembered_guilds(bot_id) if g not in present]
         if gone:
-            await departures.note_departures(self.bot.db, bot_id, gone, at=time.time())
-        await self._back_in([g for g in await departures.departures(self.bot.db, bot_id) if g in present])
+            await self.bot.store.note_departures(bot_id, gone, at=time.time())
+        await self._back_in([g for g in await self.bot.store.departures(bot_id) if g in present])
         await self.purge_due()
 
     @tasks.loop(hours=PURGE_CHECK_HOURS)
@@ -175,11 +176,13 @@ class Privacy(commands.Cog):
         grace = self.bot.config.privacy.removed_guild_grace_days * DAY_SECONDS
         async with self._purging:
             try:
-                for guild_id, left_at in (await departures.departures(self.bot.db, bot_id)).items():
+                for guild_id, left_at in (await self.bot.store.departures(bot_id)).items():
                     if time.time() - left_at < grace:
                         continue
-                    count = await self.bot.forget_scope(Scope.for_guild(bot_id, guild_id), reason=REMOVED_FROM_SERVER)
-                    await departures.clear_departures(self.bot.db, bot_id, [guild_id])
+                    count = await self.bot.forgetting.forget_scope(
+                        Scope.for_guild(bot_id, guild_id), reason=REMOVED_FROM_SERVER
+                    )
+                    await self.bot.store.clear_departures(bot_id, [guild_id])
                     log.info("forgot the %d memories of server %s, which removed me", count, guild_id)
             except Exception:
                 # Tried again at the next check.
@@ -189,10 +192,10 @@ class Privacy(commands.Cog):
         if self.bot.user is None or not guild_ids:
             return
         # A read first: every server is "available" at each start, and almost none had left.
-        left = await departures.departures(self.bot.db, self.bot.user.id)
+        left = await self.bot.store.departures(self.bot.user.id)
         returned = [guild_id for guild_id in guild_ids if guild_id in left]
         if returned:
-            await departures.clear_departures(self.bot.db, self.bot.user.id, returned)
+            await self.bot.store.clear_departures(self.bot.user.id, returned)
             log.info("back in servers %s: their memories stay", returned)
 
     # messages
@@ -212,7 +215,7 @@ class Privacy(commands.Cog):
             return  # not a change of the text (an embed unfurling, a pin)
         text = chat.message_text(payload.message)  # type: ignore[attr-defined]
         try:
-            new_id = await self.bot.follow_edit(payload.message_id, text, reason=EDITED_IN_DISCORD)
+            new_id = await self.bot.forgetting.follow_edit(payload.message_id, text, reason=EDITED_IN_DISCORD)
         except Exception:
             log.exception("could not follow the edit of message %s", payload.message_id)
             return
@@ -221,7 +224,7 @@ class Privacy(commands.Cog):
 
     async def _forget(self, message_ids: list[int]) -> None:
         try:
-            forgotten = await self.bot.forget_messages(message_ids, reason=DELETED_IN_DISCORD)
+            forgotten = await self.bot.forgetting.forget_messages(message_ids, reason=DELETED_IN_DISCORD)
         except Exception:
             # The memory stays until the message is deleted again or someone forgets it by hand.
             log.exception("could not forget the memories of deleted messages %s", message_ids)

@@ -7,7 +7,7 @@ from typing import Any
 import discord
 from discord import app_commands
 
-from storage import sqlite
+from storage.store import StoreError
 
 
 class UserFacingError(app_commands.AppCommandError):
@@ -18,13 +18,13 @@ class NotOwner(app_commands.CheckFailure):
     """The command is for the bot's owners only."""
 
 
-def storage_error_text(error: sqlite.Error) -> str:
-    """What to tell someone whose command met a database error (a full disk, an I/O error).
+def storage_error_text(error: StoreError) -> str:
+    """What to tell someone whose command met a storage error (a full disk, an I/O error).
 
     Writes are all-or-nothing, so nothing was changed, and the condition is
-    usually temporary: say so, and which of the two it is when SQLite knows.
+    usually temporary: say so, and which of the two it is when the store knows.
     """
-    if getattr(error, "sqlite_errorname", None) == "SQLITE_FULL":
+    if error.full:
         problem = "my storage is full"
     else:
         problem = "my storage is not working right now"

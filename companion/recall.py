@@ -14,12 +14,10 @@ import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 
-import aiosqlite
-
-from storage import memories, search
 from storage.memories import Memory
 from storage.scope import Scope
 from storage.search import SearchHit
+from storage.store import MemoryStore
 from storage.visibility import ChannelFilter
 
 # Search hits ranked per memory recalled, so the boosts have some to choose from.
@@ -59,7 +57,7 @@ def place_filter(
 
 
 async def find(
-    conn: aiosqlite.Connection,
+    store: MemoryStore,
     scope: Scope,
     text: str,
     *,
@@ -68,7 +66,7 @@ async def find(
     channel_filter: ChannelFilter | None = None,
 ) -> list[SearchHit]:
     """The search hits `choose` picks from: enough for `limit` memories after `room` are set aside."""
-    return await search.search(conn, scope, text, limit * CANDIDATES_PER_SLOT + room, channel_filter=channel_filter)
+    return await store.search(scope, text, limit * CANDIDATES_PER_SLOT + room, channel_filter=channel_filter)
 
 
 def crowded_out(hits: Sequence[SearchHit], exclude: Collection[int], *, limit: int) -> bool:
@@ -77,7 +75,7 @@ def crowded_out(hits: Sequence[SearchHit], exclude: Collection[int], *, limit: i
 
 
 async def choose(
-    conn: aiosqlite.Connection,
+    store: MemoryStore,
     scope: Scope,
     hits: Sequence[SearchHit],
     *,
@@ -94,7 +92,7 @@ async def choose(
     asking = [r.memory for r in chosen[:FOLLOW_UP_HITS] if asked_a_question(r.memory)]
     if not asking:
         return chosen
-    following = await memories.next_turns(conn, scope, asking)
+    following = await store.next_turns(scope, asking)
     result: list[Recalled] = []
     listed: set[int] = set()
     for item in ranked:
@@ -112,7 +110,7 @@ async def choose(
 
 
 async def recall(
-    conn: aiosqlite.Connection,
+    store: MemoryStore,
     scope: Scope,
     text: str,
     *,
@@ -123,8 +121,8 @@ async def recall(
     channel_filter: ChannelFilter | None = None,
 ) -> list[Recalled]:
     """`find`, then `choose`: the memories recalled for `text`, best first."""
-    hits = await find(conn, scope, text, limit=limit, room=len(exclude), channel_filter=channel_filter)
-    return await choose(conn, scope, hits, limit=limit, exclude=exclude, now=now, follow_ups=follow_ups)
+    hits = await find(store, scope, text, limit=limit, room=len(exclude), channel_filter=channel_filter)
+    return await choose(store, scope, hits, limit=limit, exclude=exclude, now=now, follow_ups=follow_ups)
 
 
 def rank(hits: Sequence[SearchHit], *, now: float | None = None) -> list[Recalled]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from companion import recall
@@ -17,11 +17,10 @@ from companion.config import Config
 from companion.context import IncomingMessage, Prompt, PromptParts, build_prompt
 from companion.llm import LLMClient, LLMError
 from companion.recall import Recalled
-from storage import memories
-from storage.commands import TurnRecord, write_memory
-from storage.database import Database
+from storage.commands import TurnRecord
 from storage.memories import Memory
 from storage.scope import Scope
+from storage.store import MemoryStore
 
 log = logging.getLogger(__name__)
 
@@ -60,34 +59,31 @@ class PreparedPrompt:
 
 
 async def prepare_prompt(
-    config: Config, db: Database, turn: IncomingTurn, *, now: float | None = None
+    config: Config, store: MemoryStore, turn: IncomingTurn, *, now: float | None = None
 ) -> PreparedPrompt:
     """Gather the pins, the channel's recent turns and the recalled memories, and fit them into the prompt."""
     memory_config = config.memory
-    reader = db.reader
     now = time.time() if now is None else now
-    # The search runs on its own reader connection, beside the pins and recent turns. Those are
-    # set aside from recall; the search looks further only if that leaves too little.
+    # The search runs beside the reading of the pins and recent turns. Those are set aside from
+    # recall; the search looks further only if that leaves too little.
     place = recall.place_filter(
         turn.scope, turn.channel_id, turn.parent_channel_id, memory_config.share_across_channels
     )
     (pinned, recent), hits = await asyncio.gather(
-        memories.pinned_and_recent(
-            reader, turn.scope, turn.channel_id, memory_config.recent_turns, channel_filter=place
-        ),
-        recall.find(db.search_reader, turn.scope, turn.text, limit=memory_config.recall_size, channel_filter=place),
+        store.pinned_and_recent(turn.scope, turn.channel_id, memory_config.recent_turns, channel_filter=place),
+        recall.find(store, turn.scope, turn.text, limit=memory_config.recall_size, channel_filter=place),
     )
     shown = {m.id for m in pinned} | {m.id for m in recent}
     if recall.crowded_out(hits, shown, limit=memory_config.recall_size):
         hits = await recall.find(
-            db.search_reader,
+            store,
             turn.scope,
             turn.text,
             limit=memory_config.recall_size,
             room=len(shown),
             channel_filter=place,
         )
-    recalled = await recall.choose(reader, turn.scope, hits, limit=memory_config.recall_size, exclude=shown, now=now)
+    recalled = await recall.choose(store, turn.scope, hits, limit=memory_config.recall_size, exclude=shown, now=now)
     parts = PromptParts(
         persona_name=config.persona.name,
         system_prompt=config.persona.system_prompt,
@@ -116,15 +112,26 @@ class Reply:
 
 
 class TurnService:
-    """Composes replies and writes memories for answered turns."""
+    """Composes replies and writes memories for answered turns.
 
-    def __init__(self, config: Config, db: Database, llm: LLMClient) -> None:
+    `memory_written` hears of each new memory (the scoring worker's wake-up).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        store: MemoryStore,
+        llm: LLMClient,
+        *,
+        memory_written: Callable[[int], None] | None = None,
+    ) -> None:
         self.config = config
-        self.db = db
+        self.store = store
         self.llm = llm
+        self.memory_written = memory_written
 
     async def build_prompt(self, turn: IncomingTurn) -> Prompt:
-        return (await prepare_prompt(self.config, self.db, turn)).prompt
+        return (await prepare_prompt(self.config, self.store, turn)).prompt
 
     async def compose_reply(self, turn: IncomingTurn) -> Reply:
         """The model's answer, or a short friendly failure message (ok=False)."""
@@ -159,4 +166,7 @@ class TurnService:
             parent_channel_id=turn.parent_channel_id,
             private_thread=turn.private_thread,
         )
-        return await write_memory(self.db, record)
+        memory_id = await self.store.write_turn(record)
+        if self.memory_written is not None:
+            self.memory_written(memory_id)
+        return memory_id

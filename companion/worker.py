@@ -25,11 +25,8 @@ from dataclasses import dataclass
 
 from companion.llm import LLMError
 from companion.significance import MAX_CONTEXT_TURNS, Classifier, UnusableAnswer
-from storage import memories
-from storage.commands import record_scoring_failure, record_significance
-from storage.database import Database
 from storage.memories import MAX_SCORING_FAILURES
-from storage.sqlite import Error as DatabaseError
+from storage.store import MemoryStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +54,7 @@ class WorkerStatus:
 class SignificanceWorker:
     def __init__(
         self,
-        db: Database,
+        store: MemoryStore,
         classifier: Classifier,
         *,
         concurrency: int,
@@ -66,7 +63,7 @@ class SignificanceWorker:
         backoff_start_seconds: float = BACKOFF_START_SECONDS,
         backoff_max_seconds: float = BACKOFF_MAX_SECONDS,
     ) -> None:
-        self.db = db
+        self.store = store
         self.classifier = classifier
         self.concurrency = concurrency
         self.pin_cap = pin_cap
@@ -176,7 +173,7 @@ class SignificanceWorker:
 
     async def pending_count(self) -> int:
         """Memories in the database still waiting for a score."""
-        return await memories.count_unscored(self.db.reader)
+        return await self.store.count_unscored()
 
     # the feeder
 
@@ -229,7 +226,7 @@ class SignificanceWorker:
         if not self._queue:
             # Clear before looking, so a memory written meanwhile still wakes us.
             self._wake.clear()
-            ids = await memories.unscored_memory_ids(self.db.reader, after_id=self._cursor, limit=BATCH_SIZE)
+            ids = await self.store.unscored_memory_ids(after_id=self._cursor, limit=BATCH_SIZE)
             ids = [i for i in ids if i not in self._in_flight]
             if not ids:
                 await self._sleep_until_wake(self._seconds_to_rescan())
@@ -263,20 +260,18 @@ class SignificanceWorker:
             self._slot_free.set()
 
     async def _score(self, memory_id: int) -> None:
-        reader = self.db.reader
+        store = self.store
         started_at = time.monotonic()
         spent = 0  # calls this memory already spent without a usable answer
         try:
-            scope = await memories.memory_scope(reader, memory_id)
-            memory = await memories.get_memory(reader, scope, memory_id) if scope else None
+            scope = await store.memory_scope(memory_id)
+            memory = await store.get_memory(scope, memory_id) if scope else None
             if memory is None or memory.significance is not None or memory.scoring_gave_up:
                 return  # forgotten, already scored or out of calls meanwhile
-            earlier = await memories.memories_before(reader, memory, MAX_CONTEXT_TURNS)
+            earlier = await store.memories_before(memory, MAX_CONTEXT_TURNS)
             spent = memory.scoring_failures
             score = await self.classifier.score(memory, earlier, attempts=MAX_SCORING_FAILURES - spent)
-            outcome = await record_significance(
-                self.db, memory_id, score.value, model=score.model, pin_cap=self.pin_cap
-            )
+            outcome = await store.record_significance(memory_id, score.value, model=score.model, pin_cap=self.pin_cap)
         except UnusableAnswer as exc:
             self.failures += len(exc.problems)
             self.last_error = f"memory #{memory_id}: {exc}"
@@ -294,7 +289,7 @@ class SignificanceWorker:
                 log.warning("classifier refused memory #%s: %s", memory_id, exc.summary)
                 await self._record_failure(memory_id, spent, f"classifier refused: {exc.summary}")
             return
-        except DatabaseError as exc:
+        except StoreError as exc:
             self._note_error(f"database: {exc}")
             log.error("could not record the score of memory #%s: %s", memory_id, exc)
             self._grow_backoff()
@@ -332,8 +327,8 @@ class SignificanceWorker:
 
     async def _record_failure(self, memory_id: int, spent: int, *reasons: str) -> None:
         try:
-            recorded = await record_scoring_failure(self.db, memory_id, *reasons)
-        except DatabaseError as exc:
+            recorded = await self.store.record_scoring_failure(memory_id, *reasons)
+        except StoreError as exc:
             log.error("could not record the scoring failure of memory #%s: %s", memory_id, exc)
             return
         if recorded and spent + len(reasons) >= MAX_SCORING_FAILURES:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bot import main
+from cli import main
 from storage import backups, snapshots, sqlite
 from storage.commands import TurnRecord, write_memory
 from storage.database import Database

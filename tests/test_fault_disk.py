@@ -87,8 +87,8 @@ retry = os.environ.get("FAULT_NIGHTLY_RETRY_SECONDS")
 if retry:
     import companion.operations
     companion.operations.NIGHTLY_RETRY_AFTER = timedelta(seconds=float(retry))
-import bot
-sys.exit(bot.main(sys.argv[1:]))
+import cli
+sys.exit(cli.main(sys.argv[1:]))
 """
 
 

@@ -26,6 +26,7 @@ from companion.llm import LLMError
 from companion.turns import FAILURE_REPLIES
 from companion.worker import BACKOFF_START_SECONDS, SignificanceWorker
 from storage.commands import TurnRecord, write_memory
+from storage.sqlite_store import SQLiteStore
 from tests.fakes.llm_server import Action, Answer, Cut, Fail, Hang, Raw, Stall, last_user_text
 from tests.harness import (
     ALICE,
@@ -270,7 +271,7 @@ async def test_an_outage_failing_several_calls_at_once_pauses_scoring_once(db):
             await failing_together.wait()
             raise LLMError("server", "HTTP 500")
 
-    worker = SignificanceWorker(db, DownClassifier(), concurrency=4, pin_cap=8, rescan_seconds=60)
+    worker = SignificanceWorker(SQLiteStore(db), DownClassifier(), concurrency=4, pin_cap=8, rescan_seconds=60)
     worker.start()
     try:
         async with asyncio.timeout(5):

@@ -381,7 +381,7 @@ async def test_a_score_still_in_flight_when_the_restore_copies_is_not_given_to_a
 async def test_restoring_the_oldest_safety_backup_does_not_prune_it_first(harness, capsys):
     """With `keep` pre-restore backups on disk, restoring the oldest one takes a new safety
     backup first; pruning for it must not delete the backup being restored (slash command and CLI)."""
-    import bot as bot_module
+    import cli
 
     bot = await harness.start_bot(backup={"keep": 2})
     backups_dir = bot.config.storage.backups_dir
@@ -404,7 +404,7 @@ async def test_restoring_the_oldest_safety_backup_does_not_prune_it_first(harnes
     oldest = next(b.name for b in backups.list_backups(backups_dir) if b.kind == "pre-restore")
     config = harness.tmp_path / "config.toml"
     config.write_text('[storage]\ndata_dir = "data"\n\n[backup]\nkeep = 2\n', encoding="utf-8")
-    code = await asyncio.to_thread(bot_module.main, ["backup", "restore", oldest, "--config", str(config)])
+    code = await asyncio.to_thread(cli.main, ["backup", "restore", oldest, "--config", str(config)])
     out, err = capsys.readouterr()
     assert code == 0, err
     assert f"restored {oldest}" in out

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from bot import main
+from cli import main
 from companion import recall
 from storage import memories, sqlite
 from storage.commands import forget_memory
 from storage.database import Database
 from storage.scope import Scope
+from storage.sqlite_store import SQLiteStore
 from tests.projection_check import live_and_rebuilt
 
 BOT_ID = 1000
@@ -249,7 +250,7 @@ def test_imported_history_is_recalled_and_its_times_order_the_recent_turns(tmp_p
     async def check():
         db = await Database.open(config.parent / "data" / "memory.db")
         try:
-            found = await recall.recall(db.reader, SCOPE, "what's the name of Alice's dog?", limit=3)
+            found = await recall.recall(SQLiteStore(db), SCOPE, "what's the name of Alice's dog?", limit=3)
             assert found[0].memory.user_message_id == 101
             recent = await memories.recent_memories(db.reader, SCOPE, CHANNEL_ID, 2)
             assert [m.user_message_id for m in recent] == [107, 108]

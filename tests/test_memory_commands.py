@@ -436,9 +436,9 @@ async def test_memories_cannot_be_changed_while_a_restore_runs(harness):
 
 
 async def test_a_forget_while_a_backup_reads_says_so_and_checkpoints_when_it_is_done(harness, monkeypatch):
-    import bot as bot_module
+    from companion import forgetting
 
-    monkeypatch.setattr(bot_module, "CHECKPOINT_RETRY_SECONDS", 0.1)
+    monkeypatch.setattr(forgetting, "CHECKPOINT_RETRY_SECONDS", 0.1)
     bot = await harness.start_bot()
     bot.scoring.pause()
     secret = "quibblesnort"

@@ -9,6 +9,7 @@ from storage import search
 from storage.commands import TurnRecord, forget_memory, import_memories, write_memory
 from storage.events import MemoryWritten
 from storage.scope import Scope
+from storage.sqlite_store import SQLiteStore
 from storage.visibility import ChannelFilter
 
 BOT = 1000
@@ -43,7 +44,7 @@ async def remember_all(db, turns):
 
 
 async def ids_recalled(db, scope, text, limit=10, **kwargs):
-    return [r.memory.id for r in await recall.recall(db.reader, scope, text, limit=limit, **kwargs)]
+    return [r.memory.id for r in await recall.recall(SQLiteStore(db), scope, text, limit=limit, **kwargs)]
 
 
 async def memory_id_of(db, message_id):
@@ -97,11 +98,13 @@ async def test_the_turn_after_a_hit_that_asked_comes_along_right_after_it(db):
         await memory_id_of(db, question.user_message_id),
         await memory_id_of(db, answer.user_message_id),
     )
-    found = await recall.recall(db.reader, GUILD, "what did Bob make in pottery class?", limit=5)
+    found = await recall.recall(SQLiteStore(db), GUILD, "what did Bob make in pottery class?", limit=5)
     assert [r.memory.id for r in found[:2]] == [question_id, answer_id]
     assert found[1].follows == question_id
     # /memory search lists the matches themselves, without the turns that follow them.
-    plain = await recall.recall(db.reader, GUILD, "what did Bob make in pottery class?", limit=5, follow_ups=False)
+    plain = await recall.recall(
+        SQLiteStore(db), GUILD, "what did Bob make in pottery class?", limit=5, follow_ups=False
+    )
     assert plain[0].memory.id == question_id and all(r.follows is None for r in plain)
 
 
@@ -124,7 +127,7 @@ async def test_recall_never_crosses_scopes(db):
         ],
     )
     for scope in (GUILD, OTHER_GUILD, DM):
-        found = await recall.recall(db.reader, scope, "pineapple", limit=10)
+        found = await recall.recall(SQLiteStore(db), scope, "pineapple", limit=10)
         assert [r.memory.scope for r in found] == [scope]
     # Even another scope's raw index term finds nothing here.
     assert await ids_recalled(db, GUILD, f"{OTHER_GUILD.token}pineappl") == []

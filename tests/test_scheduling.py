@@ -28,6 +28,7 @@ from storage.backups import BackupError
 from storage.commands import TurnRecord, write_memory
 from storage.database import Database
 from storage.scope import Scope
+from storage.sqlite_store import SQLiteStore
 
 HELSINKI = ZoneInfo("Europe/Helsinki")
 SCOPE = Scope.for_guild(1000, 10)
@@ -57,7 +58,7 @@ async def make_ops(tmp_path):
         )
         db = await Database.open(config.storage.database_path, snapshots_dir=config.storage.snapshots_dir)
         dbs.append(db)
-        worker = SignificanceWorker(db, None, concurrency=1, pin_cap=8, rescan_seconds=60)  # type: ignore[arg-type]
+        worker = SignificanceWorker(SQLiteStore(db), None, concurrency=1, pin_cap=8, rescan_seconds=60)  # type: ignore[arg-type]
         ops = Operations(config, db, worker, pause_turns=lambda reason: None, clock=clock)
         made.append(ops)
         return ops

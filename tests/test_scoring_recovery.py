@@ -73,7 +73,7 @@ async def test_scoring_resumes_right_after_an_outage(harness, timing: Timing):
         for i in range(PENDING_PER_OUTAGE):
             turn = TurnRecord(SCOPE_A, LISTEN_CHANNEL, ALICE, "Alice", "Mnemo", f"outage {repetition} turn {i}", "ok")
             ids.append(await write_memory(bot.db, turn))
-            bot.memory_written(ids[-1])
+            bot.scoring.notify()
         async with asyncio.timeout(10):
             while bot.scoring.status().errors == errors_before:
                 await asyncio.sleep(0.005)

@@ -1,5 +1,9 @@
 """State changes of the memory store. Each one checks its invariants, then
 appends its events and their projection updates in a single transaction.
+
+Each command is a synchronous function of the writer's connection, handed
+whole to `Database.write`: one hop to the writer's thread, however many
+statements it runs.
 """
 
 from __future__ import annotations
@@ -10,7 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from storage import memories
-from storage.connection_thread import Connection
 from storage.database import Database
 from storage.eventlog import append, append_many, appender, redact_forgotten
 from storage.events import (
@@ -100,8 +103,8 @@ def memory_written(turn: TurnRecord, *, source: str = SOURCE_CHAT, wants_score: 
 
 async def write_memory(db: Database, turn: TurnRecord) -> int:
     """Remember an answered turn; returns the new memory's id."""
-    # The reply path's one write: the whole transaction in one hop to the writer thread.
-    return await db.write_alone(appender(memory_written(turn)))
+    # The event is encoded here, on the loop, so the writer's thread has only the statements to run.
+    return await db.write(appender(memory_written(turn)))
 
 
 async def import_memories(db: Database, events: Sequence[MemoryWritten]) -> int:
@@ -125,7 +128,7 @@ async def import_memories(db: Database, events: Sequence[MemoryWritten]) -> int:
         append_many(conn, fresh)
         return len(fresh)
 
-    return await db.write_alone(write)
+    return await db.write(write)
 
 
 def _remembered_messages(conn: sqlite3.Connection, events: Sequence[MemoryWritten]) -> set[tuple[int, int | None]]:
@@ -151,27 +154,31 @@ async def record_significance(db: Database, memory_id: int, score: int, *, model
     """
     if not 0 <= score <= 3:
         raise ValueError(f"significance must be 0-3, got {score}")
-    async with db.transaction() as tx:
-        row = await _fetch_one(tx, "SELECT significance FROM memories WHERE id = ?", (memory_id,))
-        if row is None or row[0] is not None:
+
+    def record(conn: sqlite3.Connection) -> ScoringOutcome:
+        if not _awaits_score(conn, memory_id):
             return ScoringOutcome(recorded=False)
-        await append(tx, MemorySignificanceSet(memory_id=memory_id, score=score, model=model))
+        append(conn, MemorySignificanceSet(memory_id=memory_id, score=score, model=model))
         if score != PIVOTAL:
             return ScoringOutcome(recorded=True)
-        pinned, unpinned = await _auto_pin(tx, memory_id, pin_cap)
+        pinned, unpinned = _auto_pin(conn, memory_id, pin_cap)
         return ScoringOutcome(recorded=True, pinned=pinned, unpinned=unpinned)
+
+    return await db.write(record)
 
 
 async def record_scoring_failure(db: Database, memory_id: int, *reasons: str) -> bool:
     """Note classifier calls that gave no usable answer, one event (and reason) per call; never
     invents a score."""
-    async with db.transaction() as tx:
-        row = await _fetch_one(tx, "SELECT significance FROM memories WHERE id = ?", (memory_id,))
-        if row is None or row[0] is not None:
+
+    def record(conn: sqlite3.Connection) -> bool:
+        if not _awaits_score(conn, memory_id):
             return False
         for reason in reasons:
-            await append(tx, MemorySignificanceFailed(memory_id=memory_id, reason=reason[:500]))
+            append(conn, MemorySignificanceFailed(memory_id=memory_id, reason=reason[:500]))
         return True
+
+    return await db.write(record)
 
 
 async def pin_memory(
@@ -183,28 +190,33 @@ async def pin_memory(
     when the actor already holds that many manual pins in the scope, or when
     manual pins already fill its cap.
     """
-    async with db.transaction() as tx:
-        memory = await _scoped_memory(tx, scope, memory_id)
+
+    def pin_by_hand(conn: sqlite3.Connection) -> PinOutcome:
+        memory = _scoped_memory(conn, scope, memory_id)
         if memory.pinned and not memory.pin_auto:
             return PinOutcome(changed=False, memory=memory)
         if member_quota is not None:
-            pins = await _pin_census(tx, scope)
+            pins = _pin_census(conn, scope)
             if sum(pin.by == actor_id for pin in pins) >= member_quota:
                 raise ManualPinLimit(member_quota)
             if sum(not pin.auto for pin in pins) >= pin_cap:
                 raise ManualPinLimit(pin_cap, scope_full=True)
-        await append(tx, MemoryPinChanged(memory_id, pinned=True, auto=False, actor_id=actor_id, reason="manual"))
-        unpinned = await _evict_over_cap(tx, scope, pin_cap, protect=memory_id)
-        return PinOutcome(changed=True, memory=await _scoped_memory(tx, scope, memory_id), unpinned=unpinned)
+        append(conn, MemoryPinChanged(memory_id, pinned=True, auto=False, actor_id=actor_id, reason="manual"))
+        unpinned = _evict_over_cap(conn, scope, pin_cap, protect=memory_id)
+        return PinOutcome(changed=True, memory=_scoped_memory(conn, scope, memory_id), unpinned=unpinned)
+
+    return await db.write(pin_by_hand)
 
 
 async def unpin_memory(db: Database, scope: Scope, memory_id: int, *, actor_id: int) -> PinOutcome:
-    async with db.transaction() as tx:
-        memory = await _scoped_memory(tx, scope, memory_id)
+    def unpin(conn: sqlite3.Connection) -> PinOutcome:
+        memory = _scoped_memory(conn, scope, memory_id)
         if not memory.pinned:
             return PinOutcome(changed=False, memory=memory)
-        await append(tx, MemoryPinChanged(memory_id, pinned=False, auto=False, actor_id=actor_id, reason="manual"))
-        return PinOutcome(changed=True, memory=await _scoped_memory(tx, scope, memory_id))
+        append(conn, MemoryPinChanged(memory_id, pinned=False, auto=False, actor_id=actor_id, reason="manual"))
+        return PinOutcome(changed=True, memory=_scoped_memory(conn, scope, memory_id))
+
+    return await db.write(unpin)
 
 
 async def forget_memory(
@@ -214,11 +226,14 @@ async def forget_memory(
 
     `actor_id` is who asked; None with a `reason` when nobody did (a message deleted in Discord).
     """
-    async with db.transaction() as tx:
-        memory = await _scoped_memory(tx, scope, memory_id)
-        await append(tx, MemoryForgotten(memory_id=memory_id, actor_id=actor_id, reason=reason))
-        await tx.run(lambda conn: redact_forgotten(conn, [memory_id]))
+
+    def forget(conn: sqlite3.Connection) -> memories.Memory:
+        memory = _scoped_memory(conn, scope, memory_id)
+        append(conn, MemoryForgotten(memory_id=memory_id, actor_id=actor_id, reason=reason))
+        redact_forgotten(conn, [memory_id])
         return memory
+
+    return await db.write(forget)
 
 
 async def rewrite_memory(db: Database, scope: Scope, memory_id: int, user_text: str, *, reason: str) -> int:
@@ -229,16 +244,16 @@ async def rewrite_memory(db: Database, scope: Scope, memory_id: int, user_text: 
     reply, time and author. A manual pin stays; the score does not (the
     classifier scores the new text, when the memory wants a score).
     """
-    async with db.transaction() as tx:
-        memory = await _scoped_memory(tx, scope, memory_id)
-        row = await _fetch_one(
-            tx,
+
+    def rewrite(conn: sqlite3.Connection) -> int:
+        memory = _scoped_memory(conn, scope, memory_id)
+        row = conn.execute(
             "SELECT reply_message_ids, pinned_by, parent_channel_id, private_thread FROM memories WHERE id = ?",
             (memory_id,),
-        )
+        ).fetchone()
         assert row is not None
-        await append(tx, MemoryForgotten(memory_id=memory_id, reason=reason))
-        await tx.run(lambda conn: redact_forgotten(conn, [memory_id]))
+        append(conn, MemoryForgotten(memory_id=memory_id, reason=reason))
+        redact_forgotten(conn, [memory_id])
         record = TurnRecord(
             scope=scope,
             channel_id=memory.channel_id,
@@ -253,11 +268,13 @@ async def rewrite_memory(db: Database, scope: Scope, memory_id: int, user_text: 
             parent_channel_id=row[2],
             private_thread=bool(row[3]),
         )
-        new_id = await append(tx, memory_written(record, source=memory.source, wants_score=memory.wants_score))
+        new_id = append(conn, memory_written(record, source=memory.source, wants_score=memory.wants_score))
         if memory.pinned and not memory.pin_auto:
             pin = MemoryPinChanged(new_id, pinned=True, auto=False, actor_id=row[1], reason=f"kept from #{memory_id}")
-            await append(tx, pin)
+            append(conn, pin)
         return new_id
+
+    return await db.write(rewrite)
 
 
 async def forget_memories(
@@ -284,18 +301,24 @@ async def forget_memories(
             redact_forgotten(conn, present)
             return present
 
-        forgotten += await db.write_alone(forget)
+        forgotten += await db.write(forget)
     return forgotten
 
 
-async def _auto_pin(tx: Connection, memory_id: int, pin_cap: int) -> tuple[bool, tuple[int, ...]]:
-    row = await _fetch_one(
-        tx, "SELECT bot_id, scope_kind, scope_id, pinned, author_id FROM memories WHERE id = ?", (memory_id,)
-    )
+def _awaits_score(conn: sqlite3.Connection, memory_id: int) -> bool:
+    """Whether the memory is there (not forgotten) and has no score yet."""
+    row = conn.execute("SELECT significance FROM memories WHERE id = ?", (memory_id,)).fetchone()
+    return row is not None and row[0] is None
+
+
+def _auto_pin(conn: sqlite3.Connection, memory_id: int, pin_cap: int) -> tuple[bool, tuple[int, ...]]:
+    row = conn.execute(
+        "SELECT bot_id, scope_kind, scope_id, pinned, author_id FROM memories WHERE id = ?", (memory_id,)
+    ).fetchone()
     if row is None or row[3]:
         return False, ()
     scope = Scope(row[0], row[1], row[2])
-    pins = await _pin_census(tx, scope)
+    pins = _pin_census(conn, scope)
     # One author's turns hold at most half the cap's auto-pins: past that, their own oldest
     # auto-pin yields first, so one person's big news cannot push out everyone else's.
     own = sorted([pin.id for pin in pins if pin.auto and pin.author_id == row[4]] + [memory_id])
@@ -311,9 +334,9 @@ async def _auto_pin(tx: Connection, memory_id: int, pin_cap: int) -> tuple[bool,
     pinned = memory_id not in yielding
     evicted = tuple(i for i in yielding if i != memory_id)
     for evicted_id in evicted:
-        await append(tx, MemoryPinChanged(evicted_id, pinned=False, auto=True, reason="over pin cap"))
+        append(conn, MemoryPinChanged(evicted_id, pinned=False, auto=True, reason="over pin cap"))
     if pinned:
-        await append(tx, MemoryPinChanged(memory_id, pinned=True, auto=True, reason="pivotal"))
+        append(conn, MemoryPinChanged(memory_id, pinned=True, auto=True, reason="pivotal"))
     return pinned, evicted
 
 
@@ -322,12 +345,12 @@ def author_share(pin_cap: int) -> int:
     return max(1, pin_cap // 2)
 
 
-async def _evict_over_cap(tx: Connection, scope: Scope, pin_cap: int, *, protect: int) -> tuple[int, ...]:
-    pins = await _pin_census(tx, scope)
+def _evict_over_cap(conn: sqlite3.Connection, scope: Scope, pin_cap: int, *, protect: int) -> tuple[int, ...]:
+    pins = _pin_census(conn, scope)
     excess = max(0, len(pins) - pin_cap)
     evicted = tuple(i for i in sorted(pin.id for pin in pins if pin.auto) if i != protect)[:excess]
     for evicted_id in evicted:
-        await append(tx, MemoryPinChanged(evicted_id, pinned=False, auto=True, reason="over pin cap"))
+        append(conn, MemoryPinChanged(evicted_id, pinned=False, auto=True, reason="over pin cap"))
     return evicted
 
 
@@ -339,24 +362,21 @@ class _Pin:
     author_id: int
 
 
-async def _pin_census(tx: Connection, scope: Scope) -> list[_Pin]:
+def _pin_census(conn: sqlite3.Connection, scope: Scope) -> list[_Pin]:
     """The scope's pinned memories."""
-    async with tx.execute(
+    rows = conn.execute(
         "SELECT id, pin_auto, pinned_by, author_id FROM memories"
         " WHERE bot_id = ? AND scope_kind = ? AND scope_id = ? AND pinned = 1",
         (scope.bot_id, scope.kind, scope.id),
-    ) as cursor:
-        rows = await cursor.fetchall()
+    ).fetchall()
     return [_Pin(row[0], bool(row[1]), row[2], row[3]) for row in rows]
 
 
-async def _scoped_memory(tx: Connection, scope: Scope, memory_id: int) -> memories.Memory:
-    memory = await memories.get_memory(tx, scope, memory_id)
-    if memory is None:
+def _scoped_memory(conn: sqlite3.Connection, scope: Scope, memory_id: int) -> memories.Memory:
+    row = conn.execute(
+        f"SELECT {memories.COLUMNS} FROM memories WHERE id = ? AND bot_id = ? AND scope_kind = ? AND scope_id = ?",
+        (memory_id, scope.bot_id, scope.kind, scope.id),
+    ).fetchone()
+    if row is None:
         raise MemoryNotFound(memory_id)
-    return memory
-
-
-async def _fetch_one(tx: Connection, sql: str, params: tuple) -> tuple | None:
-    async with tx.execute(sql, params) as cursor:
-        return await cursor.fetchone()
+    return memories.memory_from_row(row)

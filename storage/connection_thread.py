@@ -3,7 +3,7 @@
 An sqlite3 call blocks, so each connection lives on its own thread and the
 loop hands it work. Every hand-over is a hop to that thread and back (15 to
 90 µs on the development VM, more than most of our statements take), so work
-of several statements (a turn's write, a whole-history search) goes over as
+of several statements (every write, a whole-history search) goes over as
 one function: `await conn.run(work)` is one hop, however many statements
 `work` runs. `execute_fetchall` is one hop for a single query; `execute`
 gives a cursor whose every fetch, and its close, is another.

@@ -1,11 +1,15 @@
-"""The database: one writer connection, two readers, and the transaction gate.
+"""The database: one writer connection, two readers, and the one way to write.
 
 Each connection runs on a thread of its own (storage/connection_thread.py),
 so no connection ever blocks the event loop. The second reader serves
 full-text search, so a turn's search runs beside its other reads (SQLite
-releases the GIL while it works). Every write goes through `transaction()`,
-which holds an asyncio lock for its whole span: statements from two commands
-can never interleave inside one SQLite transaction.
+releases the GIL while it works). Every write goes through `write(work)`:
+`work` is a synchronous function of the writer's sqlite3 connection, run
+whole on the writer's thread inside BEGIN IMMEDIATE ... COMMIT (rolled back
+if it raises), so a command is one hop however many statements it runs, and
+nothing can interleave with it. An asyncio lock, held until the writer's
+thread is done even if the caller is cancelled, keeps a restore
+(`run_exclusively`) from starting while a write is still under way.
 """
 
 from __future__ import annotations
@@ -13,10 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from storage import sqlite
 from storage.connection_thread import Connection
@@ -86,46 +89,14 @@ class Database:
             raise RuntimeError("this database was opened for reading only")
         return self.writer
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Connection]:
-        """A write transaction: committed on success, rolled back on any error."""
-        async with self._write_lock:
-            await self._begin()
-            try:
-                yield self._writer
-            except BaseException:
-                await asyncio.shield(self._rollback())
-                raise
-            try:
-                await asyncio.shield(self._writer.execute("COMMIT"))
-            except sqlite.Error:
-                # A failed COMMIT (a full disk, a busy file) may leave the transaction
-                # open, and the next one could not begin.
-                await asyncio.shield(self._rollback())
-                raise
-
-    async def _begin(self) -> None:
-        """BEGIN IMMEDIATE on the writer, undone if the caller is cancelled meanwhile.
-
-        The statement still runs on the writer's thread after a cancellation;
-        left open, it would make every later transaction fail to begin.
-        """
-        begin = asyncio.ensure_future(self._writer.execute("BEGIN IMMEDIATE"))
-        try:
-            await asyncio.shield(begin)
-        except asyncio.CancelledError:
-            await asyncio.wait([begin])
-            if not begin.cancelled() and begin.exception() is None:
-                await asyncio.shield(self._rollback())
-            raise
-
-    async def write_alone(self, work: Callable[[sqlite.sqlite3.Connection], T]) -> T:
-        """A whole write transaction in one round trip to the writer's thread.
+    async def write(self, work: Callable[[sqlite.sqlite3.Connection], T]) -> T:
+        """A write transaction: `work(connection)` on the writer's thread, in one hop.
 
         `work` gets the raw connection inside BEGIN IMMEDIATE; the transaction
-        commits if it returns and rolls back if it raises. For the hot path
-        (a turn's memory), where the three hops of `transaction()` cost more
-        than the statements themselves.
+        commits if it returns (its result is returned) and rolls back if it
+        raises (its error is raised). Once handed to the writer's thread it
+        runs to its end, committed or rolled back, even if the caller is
+        cancelled: no write is ever left half done.
         """
 
         def transact(conn: sqlite.sqlite3.Connection) -> T:
@@ -134,20 +105,14 @@ class Database:
                 result = work(conn)
                 conn.execute("COMMIT")
             except BaseException:
+                # After a failed COMMIT (a full disk, a busy file) the transaction may still be
+                # open, and the next one could not begin.
                 with contextlib.suppress(sqlite.OperationalError):  # SQLite may have rolled back already
                     conn.execute("ROLLBACK")
                 raise
             return result
 
-        async with self._write_lock:
-            return await asyncio.shield(self._writer.run(transact))
-
-    async def _rollback(self) -> None:
-        try:
-            await self._writer.execute("ROLLBACK")
-        except sqlite.OperationalError:
-            # SQLite already rolled back (e.g. after SQLITE_FULL); nothing to undo.
-            pass
+        return await self._on_writer(transact)
 
     async def run_exclusively(self, work: Callable[[], T]) -> T:
         """Run blocking `work` in a thread while no write can start, e.g. a restore
@@ -157,12 +122,7 @@ class Database:
         releasing it while the thread still writes would let a turn in.
         """
         async with self._write_lock:
-            job = asyncio.ensure_future(asyncio.to_thread(work))
-            try:
-                return await asyncio.shield(job)
-            except asyncio.CancelledError:
-                await asyncio.wait([job])
-                raise
+            return await _outlasting_cancellation(asyncio.to_thread(work))
 
     async def checkpoint(self) -> bool:
         """Fold the WAL into the main file and truncate it; False if a reader held it up.
@@ -181,8 +141,17 @@ class Database:
                 conn.execute(f"PRAGMA busy_timeout = {sqlite.BUSY_TIMEOUT_MS}")
             return busy == 0
 
+        return await self._on_writer(truncate)
+
+    async def _on_writer(self, work: Callable[[sqlite.sqlite3.Connection], T]) -> T:
+        """`work(connection)` on the writer's thread while no other write can start.
+
+        The lock is held until `work` ends, even if the caller is cancelled:
+        the writer's thread still runs it, and releasing the lock meanwhile
+        would let a restore (`run_exclusively`) start beside it.
+        """
         async with self._write_lock:
-            return await asyncio.shield(self._writer.run(truncate))
+            return await _outlasting_cancellation(self._writer.run(work))
 
     async def close(self) -> None:
         await self.reader.close()
@@ -196,6 +165,20 @@ class Database:
             except sqlite.Error:
                 log.debug("PRAGMA optimize failed at close", exc_info=True)
             await self.writer.close()
+
+
+async def _outlasting_cancellation(work: Coroutine[Any, Any, T]) -> T:
+    """Await `work`; if the caller is cancelled meanwhile, wait for `work` to end, then re-raise.
+
+    `work` runs on a thread, which a cancellation cannot stop: its caller
+    holds the write lock until it is done.
+    """
+    job = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(job)
+    except asyncio.CancelledError:
+        await asyncio.wait([job])
+        raise
 
 
 async def _connect(path: Path, *, writer: bool) -> list[Connection]:

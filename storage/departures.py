@@ -5,24 +5,29 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from storage.database import Database
+from storage.sqlite import sqlite3
 
 
 async def note_departures(db: Database, bot_id: int, guild_ids: Iterable[int], *, at: float) -> None:
     """The bot left these servers at `at` (a departure already noted keeps its earlier time)."""
-    async with db.transaction() as tx:
-        await tx.executemany(
-            "INSERT INTO departed_guilds (bot_id, guild_id, departed_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-            [(bot_id, guild_id, at) for guild_id in guild_ids],
+    rows = [(bot_id, guild_id, at) for guild_id in guild_ids]
+
+    def note(conn: sqlite3.Connection) -> None:
+        conn.executemany(
+            "INSERT INTO departed_guilds (bot_id, guild_id, departed_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING", rows
         )
+
+    await db.write(note)
 
 
 async def clear_departures(db: Database, bot_id: int, guild_ids: Iterable[int]) -> None:
     """The bot is in these servers (again): nothing of theirs is to be forgotten."""
-    async with db.transaction() as tx:
-        await tx.executemany(
-            "DELETE FROM departed_guilds WHERE bot_id = ? AND guild_id = ?",
-            [(bot_id, guild_id) for guild_id in guild_ids],
-        )
+    rows = [(bot_id, guild_id) for guild_id in guild_ids]
+
+    def clear(conn: sqlite3.Connection) -> None:
+        conn.executemany("DELETE FROM departed_guilds WHERE bot_id = ? AND guild_id = ?", rows)
+
+    await db.write(clear)
 
 
 async def departures(db: Database, bot_id: int) -> dict[int, float]:

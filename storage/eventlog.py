@@ -26,16 +26,17 @@ class RecordedEvent:
     event: Event
 
 
-async def append(tx: Connection, event: Event) -> int:
+def append(conn: sqlite3.Connection, event: Event) -> int:
     """Append `event` and apply it to the projections; returns its sequence number.
 
-    Must run inside `Database.transaction()`.
+    Runs on the writer's thread, inside the transaction of `Database.write`.
     """
-    return await tx.run(appender(event))
+    return appender(event)(conn)
 
 
 def appender(event: Event) -> Callable[[sqlite3.Connection], int]:
-    """The synchronous append of `event`, for a caller already on the connection's thread."""
+    """`append` of `event` as a function of the connection, with the event encoded now: a command of
+    one event passes it to `Database.write` as it is."""
     kind, version, data = event.KIND, event.VERSION, payload_of(event)
     payload = dump_payload(data)
     recorded_at = time.time()

@@ -23,12 +23,16 @@ class KnownBot:
 
 async def record_login(db: Database, bot_id: int, name: str, *, at: float | None = None) -> None:
     """Note that this bot logged in (its name may have changed since)."""
-    async with db.transaction() as tx:
-        await tx.execute(
+    row = (bot_id, name, time.time() if at is None else at)
+
+    def record(conn: sqlite3.Connection) -> None:
+        conn.execute(
             "INSERT INTO bot_identity (bot_id, name, logged_in_at) VALUES (?, ?, ?)"
             " ON CONFLICT (bot_id) DO UPDATE SET name = excluded.name, logged_in_at = excluded.logged_in_at",
-            (bot_id, name, time.time() if at is None else at),
+            row,
         )
+
+    await db.write(record)
 
 
 def last_logged_in(conn: sqlite3.Connection) -> KnownBot | None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from storage.database import Database
 from storage.scope import Scope
+from storage.sqlite import sqlite3
 
 _PUBLIC = "SELECT channel_id FROM channel_visibility WHERE bot_id = ? AND guild_id = ? AND public = 1"
 
@@ -92,12 +93,16 @@ async def record_guild_channels(db: Database, guild: Scope, channels: Iterable[C
     ) as cursor:
         if set(await cursor.fetchall()) == now:
             return False
-    async with db.transaction() as tx:
-        await tx.execute("DELETE FROM channel_visibility WHERE bot_id = ? AND guild_id = ?", (guild.bot_id, guild.id))
-        await tx.executemany(
+    rows = [(guild.bot_id, guild.id, *row) for row in now]
+
+    def replace(conn: sqlite3.Connection) -> None:
+        conn.execute("DELETE FROM channel_visibility WHERE bot_id = ? AND guild_id = ?", (guild.bot_id, guild.id))
+        conn.executemany(
             "INSERT INTO channel_visibility (bot_id, guild_id, channel_id, parent_id, public) VALUES (?, ?, ?, ?, ?)",
-            [(guild.bot_id, guild.id, *row) for row in now],
+            rows,
         )
+
+    await db.write(replace)
     return True
 
 
@@ -112,5 +117,7 @@ async def thread_parent(db: Database, guild: Scope, channel_id: int) -> int | No
 
 
 async def forget_guild_channels(db: Database, guild: Scope) -> None:
-    async with db.transaction() as tx:
-        await tx.execute("DELETE FROM channel_visibility WHERE bot_id = ? AND guild_id = ?", (guild.bot_id, guild.id))
+    def forget(conn: sqlite3.Connection) -> None:
+        conn.execute("DELETE FROM channel_visibility WHERE bot_id = ? AND guild_id = ?", (guild.bot_id, guild.id))
+
+    await db.write(forget)

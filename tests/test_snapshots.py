@@ -91,9 +91,16 @@ async def forget_by_id(db: Database, memory_ids: list[int]) -> None:
         await forget_memory(db, Scope(*row), memory_id, actor_id=7)
 
 
+def lose_projections_after_3(conn: sqlite.sqlite3.Connection) -> None:
+    conn.execute("UPDATE projection_state SET last_seq = 3")
+    conn.execute("DELETE FROM memories WHERE id > 3")
+
+
 async def set_fts_hashsize(db: Database, size: int) -> None:
-    async with db.transaction() as tx:
-        await tx.execute("INSERT INTO memories_fts (memories_fts, rank) VALUES ('hashsize', ?)", (size,))
+    def set_hashsize(conn: sqlite.sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO memories_fts (memories_fts, rank) VALUES ('hashsize', ?)", (size,))
+
+    await db.write(set_hashsize)
 
 
 @pytest.mark.parametrize("hashsize", [None, 1])
@@ -358,9 +365,7 @@ async def test_start_up_rebuilds_stale_projections_from_snapshot_plus_tail(tmp_p
     await mixed_history(db, 20, 10)
     live = state_of(path)
     # Projections behind the log, as if written by a bot that lost them.
-    async with db.transaction() as tx:
-        await tx.execute("UPDATE projection_state SET last_seq = 3")
-        await tx.execute("DELETE FROM memories WHERE id > 3")
+    await db.write(lose_projections_after_3)
     await db.close()
     conn = sqlite.connect(path)
     assert "the log ends at" in stale_projections(conn)
@@ -378,9 +383,12 @@ async def test_projections_of_another_version_are_rebuilt_at_start(tmp_path):
     db = await Database.open(path)
     await mixed_history(db, 0, 6)
     live = state_of(path)
-    async with db.transaction() as tx:
-        await tx.execute("DROP INDEX memories_unscored")
-        await tx.execute("CREATE INDEX memories_unscored ON memories (id, significance)")
+
+    def index_otherwise(conn: sqlite.sqlite3.Connection) -> None:
+        conn.execute("DROP INDEX memories_unscored")
+        conn.execute("CREATE INDEX memories_unscored ON memories (id, significance)")
+
+    await db.write(index_otherwise)
     await db.close()
     db = await Database.open(path, snapshots_dir=tmp_path / "snapshots")
     await db.close()
@@ -421,9 +429,7 @@ async def test_a_link_named_like_a_snapshot_is_ignored_at_start(tmp_path, caplog
     os.makedirs(snapshots_dir, exist_ok=True)
     os.symlink(outside.path, snapshots_dir / outside.name)
     live = state_of(path)
-    async with db.transaction() as tx:  # projections behind the log: a start would rebuild them
-        await tx.execute("UPDATE projection_state SET last_seq = 3")
-        await tx.execute("DELETE FROM memories WHERE id > 3")
+    await db.write(lose_projections_after_3)  # projections behind the log: a start would rebuild them
     await db.close()
 
     with caplog.at_level(logging.INFO, logger="storage"):

@@ -88,10 +88,12 @@ def test_every_stored_version_of_a_written_memory_reads_as_the_current_one():
 
 
 async def test_failed_transaction_leaves_neither_event_nor_row(db):
+    def crash(conn):
+        append(conn, MemoryWritten(BOT, "guild", 10, 5, 7, "a", "b", "c", "d", None, 1.0))
+        raise RuntimeError("crash between append and commit")
+
     with pytest.raises(RuntimeError):
-        async with db.transaction() as tx:
-            await append(tx, MemoryWritten(BOT, "guild", 10, 5, 7, "a", "b", "c", "d", None, 1.0))
-            raise RuntimeError("crash between append and commit")
+        await db.write(crash)
     assert await kinds(db) == []
     assert await memories.count_memories(db.reader, GUILD_A) == 0
 
@@ -361,8 +363,7 @@ async def test_a_write_cancelled_while_it_begins_leaves_the_writer_usable(db, st
     """Shutdown and restores cancel scoring jobs wherever they are, even inside BEGIN."""
 
     async def touch() -> None:
-        async with db.transaction() as tx:
-            await tx.execute("SELECT 1")
+        await db.write(lambda conn: conn.execute("SELECT 1").fetchall())
 
     for _ in range(3):
         task = asyncio.create_task(touch())
@@ -376,17 +377,22 @@ async def test_a_write_cancelled_while_it_begins_leaves_the_writer_usable(db, st
 
 
 async def test_a_failed_commit_leaves_no_transaction_open(db, monkeypatch):
-    original = db.writer.execute
+    original = db.writer.run
     failures = iter([sqlite.OperationalError("disk I/O error")])
 
-    async def execute(sql, *args):
-        if sql == "COMMIT" and (error := next(failures, None)):
-            raise error
-        return await original(sql, *args)
+    class FailingCommit:
+        """The writer's connection, but its first COMMIT fails."""
 
-    monkeypatch.setattr(db.writer, "execute", execute)
+        def __init__(self, conn):
+            self.conn = conn
+
+        def execute(self, sql, *args):
+            if sql == "COMMIT" and (error := next(failures, None)):
+                raise error
+            return self.conn.execute(sql, *args)
+
+    monkeypatch.setattr(db.writer, "run", lambda work: original(lambda conn: work(FailingCommit(conn))))
     with pytest.raises(sqlite.OperationalError):
-        async with db.transaction() as tx:
-            await tx.execute("SELECT 1")
+        await db.write(lambda conn: conn.execute("SELECT 1").fetchall())
     assert not db.writer.in_transaction
     await write_memory(db, turn(GUILD_A, "next write works"))

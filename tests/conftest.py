@@ -4,6 +4,7 @@ from storage.database import Database
 from tests.fakes.discord_server import FakeDiscord
 from tests.fakes.llm_server import Answer, FakeLLM
 from tests.harness import APP_OWNER, BOT_ID, CLASSIFIER_MODEL, Harness, build_world
+from tests.postgres import postgres_cluster, postgres_dsn  # noqa: F401 (fixtures)
 
 
 @pytest.fixture

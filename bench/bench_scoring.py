@@ -1,7 +1,7 @@
 """The significance worker: jobs/s against a 200 ms classifier, and its memory with a big backlog.
 
 Jobs/s: `companion.worker.SignificanceWorker` runs on its own, with a real
-`Database` (a copy of a dataset whose newest memories are unscored) and a
+`Database` behind its store (a copy of a dataset whose newest memories are unscored) and a
 real `Classifier`/`LLMClient` (openai SDK) pointed at the fake LLM, which
 answers every classifier call after 200 ms. For concurrency 1, 4 and 8 it
 scores about ten seconds' worth of memories (quick: three); jobs/s is the
@@ -92,6 +92,7 @@ class Rig:
         from companion.significance import Classifier
         from companion.worker import SignificanceWorker
         from storage.database import Database
+        from storage.sqlite_store import SQLiteStore
 
         workdir = Path(tempfile.mkdtemp(prefix=f"bench-scoring-{dataset.spec.label}-"))
         path = dataset.copy_to(workdir / "memory.db")
@@ -105,7 +106,7 @@ class Rig:
         )
         llm_client = LLMClient(config, "unused")
         worker = SignificanceWorker(
-            db,
+            SQLiteStore(db),
             Classifier(llm_client, CLASSIFIER_MODEL),
             concurrency=concurrency,
             pin_cap=8,

@@ -54,7 +54,9 @@ class Connection:
     async def open(cls, connector: Callable[[], sqlite3.Connection]) -> Connection:
         """A connection made by `connector`, which runs on the new connection's own thread."""
         conn = cls()
-        threading.Thread(target=_serve, args=(conn._jobs,), name="sqlite-connection").start()
+        # A daemon: a connection left open by mistake must not keep the process from exiting. SQLite's
+        # journal makes an exit in the middle of a write a rollback, as a crash would be.
+        threading.Thread(target=_serve, args=(conn._jobs,), name="sqlite-connection", daemon=True).start()
         try:
             conn._db = await conn._call(connector)
         except BaseException:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from storage import memories
+from storage import memories, pin_rules
 from storage.database import Database
 from storage.eventlog import append, append_many, appender, redact_forgotten
 from storage.events import (
@@ -24,6 +24,7 @@ from storage.events import (
     MemorySignificanceSet,
     MemoryWritten,
 )
+from storage.pin_rules import Pin
 from storage.scope import Scope
 from storage.sqlite import sqlite3
 
@@ -34,15 +35,6 @@ FORGET_BATCH = 1000
 
 class MemoryNotFound(Exception):
     """No such memory in this scope: unknown, forgotten, or another scope's."""
-
-
-class ManualPinLimit(Exception):
-    """This person may pin no more here: they hold their quota, or manual pins fill the scope's cap."""
-
-    def __init__(self, limit: int, *, scope_full: bool = False) -> None:
-        super().__init__(f"{limit} manual pins already")
-        self.limit = limit
-        self.scope_full = scope_full
 
 
 @dataclass(frozen=True)
@@ -196,13 +188,10 @@ async def pin_memory(
         if memory.pinned and not memory.pin_auto:
             return PinOutcome(changed=False, memory=memory)
         if member_quota is not None:
-            pins = _pin_census(conn, scope)
-            if sum(pin.by == actor_id for pin in pins) >= member_quota:
-                raise ManualPinLimit(member_quota)
-            if sum(not pin.auto for pin in pins) >= pin_cap:
-                raise ManualPinLimit(pin_cap, scope_full=True)
+            pin_rules.check_manual_pin(_pin_census(conn, scope), actor_id, member_quota=member_quota, pin_cap=pin_cap)
         append(conn, MemoryPinChanged(memory_id, pinned=True, auto=False, actor_id=actor_id, reason="manual"))
-        unpinned = _evict_over_cap(conn, scope, pin_cap, protect=memory_id)
+        unpinned = pin_rules.over_cap(_pin_census(conn, scope), pin_cap, protect=memory_id)
+        _unpin_evicted(conn, unpinned)
         return PinOutcome(changed=True, memory=_scoped_memory(conn, scope, memory_id), unpinned=unpinned)
 
     return await db.write(pin_by_hand)
@@ -317,59 +306,26 @@ def _auto_pin(conn: sqlite3.Connection, memory_id: int, pin_cap: int) -> tuple[b
     ).fetchone()
     if row is None or row[3]:
         return False, ()
-    scope = Scope(row[0], row[1], row[2])
-    pins = _pin_census(conn, scope)
-    # One author's turns hold at most half the cap's auto-pins: past that, their own oldest
-    # auto-pin yields first, so one person's big news cannot push out everyone else's.
-    own = sorted([pin.id for pin in pins if pin.auto and pin.author_id == row[4]] + [memory_id])
-    yielding = own[: max(0, len(own) - author_share(pin_cap))]
-    # Then the candidate competes with the remaining auto-pins: while the scope would be
-    # over the cap, the oldest auto-pinned memory yields, and that may be the candidate
-    # itself (always so if manual pins fill the cap).
-    remaining = [pin for pin in pins if pin.id not in yielding]
-    contenders = sorted([pin.id for pin in remaining if pin.auto] + [memory_id])
-    excess = max(0, len(remaining) + 1 - pin_cap)
-    if memory_id not in yielding:
-        yielding += contenders[: min(excess, len(contenders))]
-    pinned = memory_id not in yielding
-    evicted = tuple(i for i in yielding if i != memory_id)
-    for evicted_id in evicted:
-        append(conn, MemoryPinChanged(evicted_id, pinned=False, auto=True, reason="over pin cap"))
+    pinned, evicted = pin_rules.auto_pin(_pin_census(conn, Scope(row[0], row[1], row[2])), memory_id, row[4], pin_cap)
+    _unpin_evicted(conn, evicted)
     if pinned:
         append(conn, MemoryPinChanged(memory_id, pinned=True, auto=True, reason="pivotal"))
     return pinned, evicted
 
 
-def author_share(pin_cap: int) -> int:
-    """The most auto-pins one author's turns may hold in a scope: half the cap."""
-    return max(1, pin_cap // 2)
+def _unpin_evicted(conn: sqlite3.Connection, memory_ids: Sequence[int]) -> None:
+    for memory_id in memory_ids:
+        append(conn, MemoryPinChanged(memory_id, pinned=False, auto=True, reason="over pin cap"))
 
 
-def _evict_over_cap(conn: sqlite3.Connection, scope: Scope, pin_cap: int, *, protect: int) -> tuple[int, ...]:
-    pins = _pin_census(conn, scope)
-    excess = max(0, len(pins) - pin_cap)
-    evicted = tuple(i for i in sorted(pin.id for pin in pins if pin.auto) if i != protect)[:excess]
-    for evicted_id in evicted:
-        append(conn, MemoryPinChanged(evicted_id, pinned=False, auto=True, reason="over pin cap"))
-    return evicted
-
-
-@dataclass(frozen=True)
-class _Pin:
-    id: int
-    auto: bool
-    by: int | None  # who pinned it by hand
-    author_id: int
-
-
-def _pin_census(conn: sqlite3.Connection, scope: Scope) -> list[_Pin]:
+def _pin_census(conn: sqlite3.Connection, scope: Scope) -> list[Pin]:
     """The scope's pinned memories."""
     rows = conn.execute(
         "SELECT id, pin_auto, pinned_by, author_id FROM memories"
         " WHERE bot_id = ? AND scope_kind = ? AND scope_id = ? AND pinned = 1",
         (scope.bot_id, scope.kind, scope.id),
     ).fetchall()
-    return [_Pin(row[0], bool(row[1]), row[2], row[3]) for row in rows]
+    return [Pin(row[0], bool(row[1]), row[2], row[3]) for row in rows]
 
 
 def _scoped_memory(conn: sqlite3.Connection, scope: Scope, memory_id: int) -> memories.Memory:

@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from storage.commands import ManualPinLimit, MemoryNotFound, PinOutcome, ScoringOutcome, TurnRecord
+from storage.commands import MemoryNotFound, PinOutcome, ScoringOutcome, TurnRecord
 from storage.events import MemoryWritten
 from storage.memories import Memory
+from storage.pin_rules import ManualPinLimit
 from storage.scope import Scope
 from storage.search import SearchHit
 from storage.stats import MemoryCounts

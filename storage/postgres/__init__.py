@@ -1,0 +1,1 @@
+"""The PostgreSQL backend of the memory store (storage/store.py), for several bot processes sharing one database."""

@@ -3,7 +3,8 @@
 The projections follow the same fold as SQLite's (storage/projections.py):
 a memory_written event inserts its memory, a memory_forgotten event
 deletes it, and every other event changes the columns `row_changes` names.
-Only the SQL differs.
+Only the SQL differs, and the full-text index: PostgreSQL's English
+stemming, over the same casefolded, accent-free words.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import asyncpg
 
+from storage import tokens
 from storage.events import (
     Event,
     MemoryForgotten,
@@ -30,8 +32,12 @@ INSERT_MEMORY = """
 INSERT INTO memories (
     id, written_seq, bot_id, scope_kind, scope_id, channel_id, parent_channel_id, private_thread,
     author_id, author_name, bot_name, user_text, reply_text, user_message_id, created_at, source,
-    wants_score, reply_message_ids, drew_on
-) VALUES ($1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+    wants_score, reply_message_ids, drew_on, search
+) VALUES (
+    $1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+    setweight(to_tsvector('english', $19), 'A') || setweight(to_tsvector('english', $20), 'B')
+    || setweight(to_tsvector('english', $21), 'C')
+)
 """
 LIST_REPLY_MESSAGES = (
     "INSERT INTO reply_messages (message_id, memory_id) SELECT unnest($2::bigint[]), $1 ON CONFLICT DO NOTHING"
@@ -75,6 +81,9 @@ async def apply(conn: asyncpg.Connection, seq: int, event: Event) -> None:
             event.wants_score,
             list(event.reply_message_ids),
             list(event.drew_on),
+            search_text(event.user_text),
+            search_text(event.author_name),
+            search_text(event.reply_text),
         )
         if event.reply_message_ids:
             await conn.execute(LIST_REPLY_MESSAGES, seq, list(event.reply_message_ids))
@@ -85,6 +94,11 @@ async def apply(conn: asyncpg.Connection, seq: int, event: Event) -> None:
         return
     sql, params = update_statement(event.memory_id, row_changes(seq, event.KIND, payload_of(event)))
     await conn.execute(sql, *params)
+
+
+def search_text(text: str) -> str:
+    """What the full-text index reads of `text`: its casefolded, accent-free words, as on SQLite."""
+    return " ".join(tokens.words(text))
 
 
 def update_statement(memory_id: int, changes: Sequence[Change]) -> tuple[str, list[Any]]:

@@ -1,7 +1,7 @@
 """The PostgreSQL schema: the same event log and projections as SQLite's, versioned the same way.
 
-The log is `events`; the projections are `memories` (with a generated
-`tsvector` and its GIN index for full-text recall), `reply_messages` and
+The log is `events`; the projections are `memories` (with a `tsvector`
+and its GIN index for full-text recall), `reply_messages` and
 `projection_state`. Discord mirrors that are not projections of the log
 (`channel_visibility`, `departed_guilds`, `bot_identity`) sit beside them.
 Migrations run once each, in a transaction, under an advisory lock, so
@@ -73,12 +73,9 @@ CREATE TABLE memories (
     pinned_by bigint,
     reply_message_ids bigint[] NOT NULL,
     drew_on bigint[] NOT NULL,
-    -- What a person said and their name weigh fully, the bot's reply half (see store.search).
-    search tsvector GENERATED ALWAYS AS (
-        setweight(to_tsvector('english', user_text), 'A')
-        || setweight(to_tsvector('english', author_name), 'B')
-        || setweight(to_tsvector('english', reply_text), 'C')
-    ) STORED
+    -- Stemmed words of what the person said (A), their name (B) and the bot's reply (C), made
+    -- from their casefolded, accent-free words (storage/tokens.py) by the fold.
+    search tsvector NOT NULL
 );
 CREATE INDEX memories_by_scope ON memories (bot_id, scope_kind, scope_id, id);
 CREATE INDEX memories_by_channel ON memories (bot_id, channel_id, created_at, id);

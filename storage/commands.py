@@ -243,19 +243,8 @@ async def rewrite_memory(db: Database, scope: Scope, memory_id: int, user_text: 
         assert row is not None
         append(conn, MemoryForgotten(memory_id=memory_id, reason=reason))
         redact_forgotten(conn, [memory_id])
-        record = TurnRecord(
-            scope=scope,
-            channel_id=memory.channel_id,
-            author_id=memory.author_id,
-            author_name=memory.author_name,
-            bot_name=memory.bot_name,
-            user_text=user_text,
-            reply_text=memory.reply_text,
-            user_message_id=memory.user_message_id,
-            created_at=memory.created_at,
-            reply_message_ids=tuple(json.loads(row[0])),
-            parent_channel_id=row[2],
-            private_thread=bool(row[3]),
+        record = edited_turn(
+            memory, user_text, reply_message_ids=json.loads(row[0]), parent_channel_id=row[2], private_thread=row[3]
         )
         new_id = append(conn, memory_written(record, source=memory.source, wants_score=memory.wants_score))
         if memory.pinned and not memory.pin_auto:
@@ -264,6 +253,32 @@ async def rewrite_memory(db: Database, scope: Scope, memory_id: int, user_text: 
         return new_id
 
     return await db.write(rewrite)
+
+
+def edited_turn(
+    memory: memories.Memory,
+    user_text: str,
+    *,
+    reply_message_ids: Sequence[int],
+    parent_channel_id: int | None,
+    private_thread: bool,
+) -> TurnRecord:
+    """The turn a memory becomes when its message is edited: the new text, with the same reply, time,
+    author and place."""
+    return TurnRecord(
+        scope=memory.scope,
+        channel_id=memory.channel_id,
+        author_id=memory.author_id,
+        author_name=memory.author_name,
+        bot_name=memory.bot_name,
+        user_text=user_text,
+        reply_text=memory.reply_text,
+        user_message_id=memory.user_message_id,
+        created_at=memory.created_at,
+        reply_message_ids=tuple(reply_message_ids),
+        parent_channel_id=parent_channel_id,
+        private_thread=bool(private_thread),
+    )
 
 
 async def forget_memories(

@@ -38,7 +38,12 @@ class StoreError(Exception):
 
 
 class MemoryStore(Protocol):
-    """The event-sourced memory of every scope the bot serves."""
+    """The event-sourced memory of every scope the bot serves.
+
+    Memory ids grow in the order memories are written: paging (`before_id`,
+    `after_id`), "later" and "oldest" all go by id. Lists come oldest first
+    unless a method says otherwise. No read returns another scope's memory.
+    """
 
     # Writing: each is one event (or a few) applied with its projection in one transaction.
 
@@ -94,7 +99,9 @@ class MemoryStore(Protocol):
         before_id: int | None = None,
         limit: int = 10,
         channel_filter: ChannelFilter | None = None,
-    ) -> list[Memory]: ...
+    ) -> list[Memory]:
+        """The scope's memories, newest first, paged by id."""
+        ...
 
     async def count_memories(
         self, scope: Scope, *, pinned_only: bool = False, channel_filter: ChannelFilter | None = None
@@ -103,7 +110,9 @@ class MemoryStore(Protocol):
     async def pinned_and_recent(
         self, scope: Scope, channel_id: int, recent: int, *, channel_filter: ChannelFilter | None = None
     ) -> tuple[list[Memory], list[Memory]]:
-        """The scope's pins and the channel's last `recent` turns: what every prompt holds besides recall."""
+        """The scope's pins, oldest first, and the channel's last `recent` turns, oldest first by when they
+        were said: what every prompt holds besides recall. `channel_filter` applies to the pins (the
+        recent turns are the channel's own)."""
         ...
 
     async def search(

@@ -26,6 +26,7 @@ from storage.commands import (
     PinOutcome,
     ScoringOutcome,
     TurnRecord,
+    edited_turn,
     memory_written,
 )
 from storage.events import (
@@ -228,17 +229,10 @@ class PostgresStore:
             )
             await append(conn, MemoryForgotten(memory_id=memory_id, reason=reason))
             await redact_forgotten(conn, [memory_id])
-            record = TurnRecord(
-                scope=scope,
-                channel_id=memory.channel_id,
-                author_id=memory.author_id,
-                author_name=memory.author_name,
-                bot_name=memory.bot_name,
-                user_text=user_text,
-                reply_text=memory.reply_text,
-                user_message_id=memory.user_message_id,
-                created_at=memory.created_at,
-                reply_message_ids=tuple(row["reply_message_ids"]),
+            record = edited_turn(
+                memory,
+                user_text,
+                reply_message_ids=row["reply_message_ids"],
                 parent_channel_id=row["parent_channel_id"],
                 private_thread=row["private_thread"],
             )

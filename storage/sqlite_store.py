@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import ParamSpec, TypeVar
@@ -53,6 +54,7 @@ class SQLiteStore:
     def __init__(self, db: Database, *, snapshots_dir: Path | None = None) -> None:
         self.db = db
         self.snapshots_dir = snapshots_dir
+        self._claims: dict[int, tuple[str, float]] = {}  # memory id -> (claimant, lease end, monotonic)
 
     @classmethod
     async def open(cls, path: Path, *, snapshots_dir: Path | None = None) -> SQLiteStore:
@@ -216,6 +218,28 @@ class SQLiteStore:
     @_translated
     async def count_unscored(self) -> int:
         return await memories.count_unscored(self.db.reader)
+
+    @_translated
+    async def claim_unscored(self, claimant: str, *, limit: int, lease_seconds: float) -> list[int]:
+        # One process owns a SQLite database (storage/datadir_lock.py), so claims live in memory.
+        now = time.monotonic()
+        self._claims = {i: (who, until) for i, (who, until) in self._claims.items() if until > now}
+        claimed: list[int] = []
+        after = 0
+        while len(claimed) < limit:
+            batch = await memories.unscored_memory_ids(self.db.reader, after_id=after, limit=limit + len(self._claims))
+            if not batch:
+                break
+            claimed += [i for i in batch if i not in self._claims][: limit - len(claimed)]
+            after = batch[-1]
+        for memory_id in claimed:
+            self._claims[memory_id] = (claimant, now + lease_seconds)
+        return claimed
+
+    async def release_claims(self, claimant: str, memory_ids: Sequence[int]) -> None:
+        for memory_id in memory_ids:
+            if self._claims.get(memory_id, (None, 0.0))[0] == claimant:
+                del self._claims[memory_id]
 
     @_translated
     async def counts(self) -> MemoryCounts:

@@ -155,6 +155,19 @@ class MemoryStore(Protocol):
 
     async def count_unscored(self) -> int: ...
 
+    async def claim_unscored(self, claimant: str, *, limit: int, lease_seconds: float) -> list[int]:
+        """Claim up to `limit` of the oldest memories waiting for a score that nobody holds a live
+        claim on, for `lease_seconds`; their ids, oldest first.
+
+        Several processes may share one store: a memory is claimed by one at a
+        time, and the claim of a process that died runs out with its lease.
+        """
+        ...
+
+    async def release_claims(self, claimant: str, memory_ids: Sequence[int]) -> None:
+        """Give back `claimant`'s claims on these memories (scored, failed, or left for later)."""
+        ...
+
     async def counts(self) -> MemoryCounts:
         """How much is remembered, for /status."""
         ...

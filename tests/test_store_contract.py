@@ -9,6 +9,7 @@ The PostgreSQL runs skip until storage/postgres/ exists.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import itertools
 from collections.abc import Awaitable, Callable
@@ -416,6 +417,33 @@ async def test_the_queue_is_the_unscored_memories_oldest_first_paged_after_an_id
     assert await store.unscored_memory_ids(after_id=0, limit=2) == waiting[:2]
     assert await store.unscored_memory_ids(after_id=waiting[1], limit=2) == waiting[2:]
     assert await store.unscored_memory_ids(after_id=waiting[-1], limit=2) == []
+
+
+async def test_a_claim_takes_the_oldest_waiting_memories_for_one_claimant_at_a_time(store):
+    written = await write_all(store, [said(f"turn {i}") for i in range(6)])
+    await store.record_significance(written[0], 1, model=MODEL, pin_cap=PIN_CAP)
+    first = await store.claim_unscored("process-a", limit=2, lease_seconds=60)
+    assert first == written[1:3]
+    # Another claimant gets the next ones, never those claimed.
+    assert await store.claim_unscored("process-b", limit=10, lease_seconds=60) == written[3:]
+    assert await store.claim_unscored("process-b", limit=10, lease_seconds=60) == []
+    # A claim given back is claimable again; only its own claimant can give it back.
+    await store.release_claims("process-b", [written[1]])
+    assert await store.claim_unscored("process-b", limit=10, lease_seconds=60) == []
+    await store.release_claims("process-a", [written[1]])
+    assert await store.claim_unscored("process-b", limit=10, lease_seconds=60) == [written[1]]
+
+
+async def test_a_claim_whose_lease_ran_out_is_claimed_again(store):
+    memory_id = await store.write_turn(said("whoever gets it"))
+    assert await store.claim_unscored("died", limit=5, lease_seconds=0.05) == [memory_id]
+    assert await store.claim_unscored("alive", limit=5, lease_seconds=60) == []
+    await asyncio.sleep(0.1)
+    assert await store.claim_unscored("alive", limit=5, lease_seconds=60) == [memory_id]
+    # Scored, it is no longer waiting, claimed or not.
+    await store.record_significance(memory_id, 2, model=MODEL, pin_cap=PIN_CAP)
+    await store.release_claims("alive", [memory_id])
+    assert await store.claim_unscored("alive", limit=5, lease_seconds=60) == []
 
 
 async def test_a_forgotten_or_unknown_memory_takes_no_score_and_no_failure(store):

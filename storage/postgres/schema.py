@@ -116,8 +116,19 @@ CREATE TABLE channel_visibility (
 );
 """
 
+# Which process is scoring which memory, until when: work in progress, not a projection of the
+# log (a rebuild leaves it alone, and a claim that runs out is simply claimed again).
+_V2_SCORING_CLAIMS = """
+CREATE TABLE scoring_claims (
+    memory_id bigint PRIMARY KEY,
+    claimant text NOT NULL,
+    lease_until timestamptz NOT NULL
+);
+"""
+
 MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     (1, "event log, memory projections and Discord mirrors", _V1_LOG_AND_PROJECTIONS),
+    (2, "scoring claims shared by several processes", _V2_SCORING_CLAIMS),
 )
 LATEST_VERSION = MIGRATIONS[-1][0]
 

@@ -460,6 +460,38 @@ class PostgresStore:
         )
 
     @_translated
+    async def claim_unscored(self, claimant: str, *, limit: int, lease_seconds: float) -> list[int]:
+        # Rows another process is claiming right now are locked: skip them rather than wait. The
+        # snapshot may not show a claim committed a moment ago, so the insert decides: a live claim
+        # already there (the latest one, whatever the snapshot) is left alone and not returned.
+        rows = await self.pool.fetch(
+            "WITH candidates AS ("
+            " SELECT m.id FROM memories AS m"
+            " WHERE m.significance IS NULL AND m.wants_score AND m.scoring_failures < $3"
+            " AND NOT EXISTS (SELECT 1 FROM scoring_claims AS c"
+            "  WHERE c.memory_id = m.id AND c.lease_until > clock_timestamp())"
+            " ORDER BY m.id LIMIT $2 FOR UPDATE OF m SKIP LOCKED)"
+            " INSERT INTO scoring_claims (memory_id, claimant, lease_until)"
+            " SELECT id, $1, clock_timestamp() + make_interval(secs => $4) FROM candidates"
+            " ON CONFLICT (memory_id) DO UPDATE SET claimant = excluded.claimant, lease_until = excluded.lease_until"
+            " WHERE scoring_claims.lease_until <= clock_timestamp()"
+            " RETURNING memory_id",
+            claimant,
+            limit,
+            MAX_SCORING_FAILURES,
+            float(lease_seconds),
+        )
+        return sorted(row[0] for row in rows)
+
+    @_translated
+    async def release_claims(self, claimant: str, memory_ids: Sequence[int]) -> None:
+        await self.pool.execute(
+            "DELETE FROM scoring_claims WHERE claimant = $1 AND memory_id = ANY($2::bigint[])",
+            claimant,
+            [int(i) for i in memory_ids],
+        )
+
+    @_translated
     async def counts(self) -> MemoryCounts:
         row = await self.pool.fetchrow(
             "SELECT count(*), count(*) FILTER (WHERE pinned),"

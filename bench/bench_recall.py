@@ -30,6 +30,16 @@ the product's), plain BM25 over the same 200,000 memories, and the pruned
 search against an exact one that reads every match: how much of the exact
 top 10 the pruned search returns, and what the exact one costs.
 
+The other backend, in the same run: on a throwaway PostgreSQL cluster (the
+tests' own, tests/postgres.py: no fsync), the quality set is imported
+through `PostgresStore.import_memories`, IMPORT_BATCH turns to a
+transaction as `import` writes them, in the order SQLite numbered them (so
+every memory has the same id on both), and each question's recall runs as
+the turn runs it there. Then the grown guild, loaded the same way: its
+questions' recall@10 and latencies on both backends. The "postgresql: ..."
+rows are printed beside SQLite's shipped figures of the run; without server
+binaries they are skipped with one line saying why.
+
     python -m bench.bench_recall [--quick]
 """
 
@@ -41,10 +51,10 @@ import shutil
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench import recall_data
 from bench.common import CACHE_DIR, Result, main, median, percentile
@@ -53,15 +63,22 @@ from bench.recall_data import Question, RecallSet
 from companion import recall
 from companion.config import Config
 from companion.turns import IncomingTurn, prepare_prompt
+from memory_tools import IMPORT_BATCH
 from storage import search, sqlite, tokens
 from storage.commands import TurnRecord, memory_written
 from storage.connection_thread import Connection
 from storage.database import Database
-from storage.events import SOURCE_CHAT, SOURCE_IMPORT, encode
+from storage.events import SOURCE_CHAT, SOURCE_IMPORT, MemoryWritten, encode
 from storage.rebuild import rebuild_on
 from storage.schema import migrate
 from storage.scope import Scope
 from storage.sqlite_store import SQLiteStore
+from storage.store import MemoryStore
+from storage.visibility import ChannelVisibility
+
+if TYPE_CHECKING:  # asyncpg, and the tests' cluster helpers, are imported only when PostgreSQL runs
+    from storage.postgres.store import PostgresStore
+    from tests.postgres import PostgresCluster
 
 TARGET_MARGIN = 0.05  # recall@10 at least 5 points above plain BM25
 TARGET_P99_MS = 10.0
@@ -143,42 +160,50 @@ def settings(choice: Choice) -> Iterator[None]:
 # --------------------------------------------------------------------------------------------------
 
 
+def turn_events(recall_set: RecallSet) -> list[MemoryWritten]:
+    """The set's turns as memory_written events, oldest first: the order both backends number them in."""
+    turns = sorted(
+        ((c, t) for c in recall_set.conversations.values() for t in c.turns), key=lambda ct: ct[1].created_at
+    )
+    events = []
+    for conversation, turn in turns:
+        record = TurnRecord(
+            scope=conversation.scope,
+            channel_id=turn.channel_id,
+            author_id=turn.author_id,
+            author_name=turn.author_name,
+            bot_name=BOT_NAME,
+            user_text=turn.user_text,
+            reply_text=turn.reply_text,
+            user_message_id=turn.message_id,
+            created_at=turn.created_at,
+        )
+        events.append(memory_written(record, source=SOURCE_CHAT if conversation.bot_replies else SOURCE_IMPORT))
+    return events
+
+
+def public_channels(recall_set: RecallSet) -> dict[Scope, list[int]]:
+    """Each guild's channels. Every one is a channel everyone may see, as the running bot would have
+    recorded: prompts recall across channels by the default [memory] share_across_channels = "public"."""
+    return {c.scope: sorted(c.channel_ids) for c in recall_set.conversations.values() if c.scope.kind == "guild"}
+
+
 def write_recall_set(recall_set: RecallSet, path: Path) -> dict[int, int]:
     """The set's turns as memory_written events, projected by a rebuild; returns message id -> memory id."""
     conn = sqlite.connect(path)
     try:
         migrate(conn)
-        rows = []
-        turns = sorted(
-            ((c, t) for c in recall_set.conversations.values() for t in c.turns), key=lambda ct: ct[1].created_at
-        )
-        for seq, (conversation, turn) in enumerate(turns, start=1):
-            record = TurnRecord(
-                scope=conversation.scope,
-                channel_id=turn.channel_id,
-                author_id=turn.author_id,
-                author_name=turn.author_name,
-                bot_name=BOT_NAME,
-                user_text=turn.user_text,
-                reply_text=turn.reply_text,
-                user_message_id=turn.message_id,
-                created_at=turn.created_at,
-            )
-            event = memory_written(record, source=SOURCE_CHAT if conversation.bot_replies else SOURCE_IMPORT)
-            rows.append((seq, *encode(event), turn.created_at))
-        # Every channel is one everyone may see, as the running bot would have recorded: prompts
-        # recall across channels by the default [memory] share_across_channels = "public".
-        public = {
-            (c.scope.bot_id, c.scope.id, channel_id, None, 1)
-            for c in recall_set.conversations.values()
-            if c.scope.kind == "guild"
-            for channel_id in c.channel_ids
-        }
+        rows = [(seq, *encode(event), event.created_at) for seq, event in enumerate(turn_events(recall_set), start=1)]
+        public = [
+            (guild.bot_id, guild.id, channel_id, None, 1)
+            for guild, channel_ids in sorted(public_channels(recall_set).items(), key=lambda gc: gc[0].id)
+            for channel_id in channel_ids
+        ]
         conn.execute("BEGIN")
         conn.executemany("INSERT INTO events (seq, kind, version, payload, recorded_at) VALUES (?, ?, ?, ?, ?)", rows)
         conn.executemany(
             "INSERT INTO channel_visibility (bot_id, guild_id, channel_id, parent_id, public) VALUES (?, ?, ?, ?, ?)",
-            sorted(public),
+            public,
         )
         conn.execute("COMMIT")
         rebuild_on(conn)
@@ -218,22 +243,26 @@ def evidence_ids(question: Question, memory_ids: dict[int, int]) -> set[int]:
 async def score_choice(
     choice: Choice, recall_set: RecallSet, path: Path, memory_ids: dict[int, int], config: Config
 ) -> Scores:
-    scores = Scores.empty()
     db = await Database.open(path)
-    store = SQLiteStore(db)
     try:
         with settings(choice):
-            for question in recall_set.questions:
-                scope = recall_set.conversations[question.conversation].scope
-                found = await recall.recall(store, scope, question.text, limit=max(KS), now=question.asked_at)
-                evidence = evidence_ids(question, memory_ids)
-                scores.add(question, evidence, [r.memory.id for r in found])
-                prepared = await prepare_prompt(config, store, incoming(recall_set, question), now=question.asked_at)
-                in_prompt = {m.id for m in prepared.pinned} | {m.id for m in prepared.recent}
-                in_prompt |= {r.memory.id for r in prepared.recalled}
-                scores.in_prompt += len(evidence & in_prompt) / len(evidence)
+            return await score_store(SQLiteStore(db), recall_set, memory_ids, config)
     finally:
         await db.close()
+
+
+async def score_store(store: MemoryStore, recall_set: RecallSet, memory_ids: dict[int, int], config: Config) -> Scores:
+    """Each question's recall as the turn runs it, and the evidence its whole prompt holds."""
+    scores = Scores.empty()
+    for question in recall_set.questions:
+        scope = recall_set.conversations[question.conversation].scope
+        found = await recall.recall(store, scope, question.text, limit=max(KS), now=question.asked_at)
+        evidence = evidence_ids(question, memory_ids)
+        scores.add(question, evidence, [r.memory.id for r in found])
+        prepared = await prepare_prompt(config, store, incoming(recall_set, question), now=question.asked_at)
+        in_prompt = {m.id for m in prepared.pinned} | {m.id for m in prepared.recent}
+        in_prompt |= {r.memory.id for r in prepared.recalled}
+        scores.in_prompt += len(evidence & in_prompt) / len(evidence)
     return scores
 
 
@@ -412,15 +441,22 @@ class Grown:
     # Recall as a turn runs it, kept to the channels a prompt there may draw on (every one public).
     placed: Scores
     placed_latencies: list[float]
+    memory_ids: dict[int, int]  # message id -> memory id, as the grown set was numbered
+    write_seconds: float  # writing its events and the rebuild
 
 
-async def grown_scores(recall_set: RecallSet, workdir: Path, memories: int) -> Grown:
-    """The guild's questions with the guild grown to `memories`: shipped recall (unfiltered, and kept to
-    the question's channel filter), an exact search, plain BM25; and the shipped recall's latencies there."""
-    bigger = recall_data.grown(recall_set, GROWN, memories)
-    guild_only = RecallSet(bigger.conversations, [q for q in bigger.questions if q.conversation == GROWN])
+def guild_questions(bigger: RecallSet) -> RecallSet:
+    return RecallSet(bigger.conversations, [q for q in bigger.questions if q.conversation == GROWN])
+
+
+async def grown_scores(bigger: RecallSet, workdir: Path) -> Grown:
+    """The guild's questions in `bigger`, the set with the guild grown: shipped recall (unfiltered, and
+    kept to the question's channel filter), an exact search, plain BM25; and the shipped recall's latencies there."""
+    guild_only = guild_questions(bigger)
     path = workdir / "recall-grown.db"
+    started = time.perf_counter()
     memory_ids = write_recall_set(bigger, path)
+    write_seconds = time.perf_counter() - started
     shipped, exact, placed = Scores.empty(), Scores.empty(), Scores.empty()
     latencies: list[float] = []
     placed_latencies: list[float] = []
@@ -450,7 +486,127 @@ async def grown_scores(recall_set: RecallSet, workdir: Path, memories: int) -> G
         await db.close()
     tables = plain_bm25_tables(RecallSet({GROWN: bigger.conversations[GROWN]}, []), memory_ids)
     bm25 = score_baseline(guild_only, memory_ids, lambda q: plain_bm25(tables[GROWN], q.text, max(KS)))
-    return Grown(shipped, exact, bm25, latencies, placed, placed_latencies)
+    return Grown(shipped, exact, bm25, latencies, placed, placed_latencies, memory_ids, write_seconds)
+
+
+# --------------------------------------------------------------------------------------------------
+# PostgreSQL: the same questions on the other backend
+# --------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def postgres_cluster() -> Iterator[PostgresCluster | None]:
+    """A throwaway cluster for this run (the tests' own, tests/postgres.py), stopped and its folder
+    deleted afterwards, whatever happens; None, with one line saying why, where none can start."""
+    try:
+        import pytest
+
+        from tests import postgres
+    except ImportError as exc:
+        print(f"postgresql: skipped, {exc}", flush=True)
+        yield None
+        return
+    if postgres.find_server_binaries() is None:
+        print(f"postgresql: skipped, {postgres.NOT_FOUND}", flush=True)
+        yield None
+        return
+    folder = Path(tempfile.mkdtemp(prefix="bench-recall-pg-"))
+    try:
+        try:
+            cluster = postgres.start_cluster(folder)
+        except pytest.skip.Exception as exc:  # the tests' helper says why as a skip
+            print(f"postgresql: skipped, {exc.msg}", flush=True)
+            cluster = None
+        if cluster is None:
+            yield None
+            return
+        try:
+            yield cluster
+        finally:
+            postgres.stop_cluster(cluster)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def postgres_store(cluster: PostgresCluster) -> AsyncIterator[PostgresStore]:
+    """A PostgresStore on a new, empty database of `cluster`, dropped afterwards."""
+    from storage.postgres.store import PostgresStore
+    from tests.postgres import fresh_database
+
+    async with fresh_database(cluster) as dsn:
+        store = await PostgresStore.open(dsn)
+        try:
+            yield store
+        finally:
+            await store.close()
+
+
+async def load_postgres(store: PostgresStore, recall_set: RecallSet, memory_ids: dict[int, int]) -> float:
+    """The set's events imported as `import` writes them, IMPORT_BATCH to a transaction, in the order
+    SQLite numbered them; the seconds that took. Every memory must get the id it has on SQLite."""
+    events = turn_events(recall_set)
+    started = time.perf_counter()
+    for start in range(0, len(events), IMPORT_BATCH):
+        await store.import_memories(events[start : start + IMPORT_BATCH])
+    seconds = time.perf_counter() - started
+    for guild, channel_ids in public_channels(recall_set).items():
+        await store.record_guild_channels(guild, [ChannelVisibility(c, None, public=True) for c in channel_ids])
+    # The planner's statistics and the GIN index's pending list, as autovacuum would leave them after a load.
+    await store.pool.execute("VACUUM ANALYZE memories")
+    numbered = dict(await store.pool.fetch("SELECT user_message_id, id FROM memories"))
+    if numbered != memory_ids:
+        raise RuntimeError("PostgreSQL numbered the set's memories differently from SQLite")
+    return seconds
+
+
+async def timed_recall(
+    store: MemoryStore, recall_set: RecallSet, memory_ids: dict[int, int]
+) -> tuple[Scores, list[float]]:
+    """Each question's recall as the turn runs it, and how long each took."""
+    scores, latencies = Scores.empty(), []
+    for question in recall_set.questions:
+        scope = recall_set.conversations[question.conversation].scope
+        started = time.perf_counter()
+        found = await recall.recall(store, scope, question.text, limit=max(KS), now=question.asked_at)
+        latencies.append((time.perf_counter() - started) * 1000)
+        scores.add(question, evidence_ids(question, memory_ids), [r.memory.id for r in found])
+    return scores, latencies
+
+
+@dataclass
+class OnPostgres:
+    server_version: str
+    scores: Scores
+    load_seconds: float
+    grown: Scores
+    grown_latencies: list[float]
+    grown_load_seconds: float
+    seconds: float  # all of it, the cluster's start and stop included
+
+
+async def postgres_scores(
+    recall_set: RecallSet, memory_ids: dict[int, int], bigger: RecallSet, grown_ids: dict[int, int], config: Config
+) -> OnPostgres | None:
+    """The quality set's questions, and the grown guild's with their latencies, on PostgresStore."""
+    started = time.perf_counter()
+    with postgres_cluster() as cluster:
+        if cluster is None:
+            return None
+        async with postgres_store(cluster) as store:
+            version = await store.pool.fetchval("SHOW server_version")
+            print(f"  postgresql {version}: the quality set ...", flush=True)
+            load_seconds = await load_postgres(store, recall_set, memory_ids)
+            scores = await score_store(store, recall_set, memory_ids, config)
+        async with postgres_store(cluster) as store:
+            print(
+                f"  postgresql: the {GROWN} grown to {len(bigger.conversations[GROWN].turns):,} memories ...",
+                flush=True,
+            )
+            grown_load_seconds = await load_postgres(store, bigger, grown_ids)
+            grown, grown_latencies = await timed_recall(store, guild_questions(bigger), grown_ids)
+    seconds = time.perf_counter() - started
+    return OnPostgres(version, scores, load_seconds, grown, grown_latencies, grown_load_seconds, seconds)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -470,11 +626,13 @@ async def _run(quick: bool) -> Result:
     workdir = Path(tempfile.mkdtemp(prefix="bench-recall-"))
     try:
         print(f"quality set: {recall_set.turns:,} turns, {len(recall_set.questions)} questions", flush=True)
-        paths = {}
+        paths, write_seconds = {}, {}
         for stemming in (True, False):
             with settings(replace(PRODUCT, stemming=stemming)):
                 paths[stemming] = workdir / f"recall-{'stemmed' if stemming else 'plain'}.db"
+                started = time.perf_counter()
                 memory_ids = write_recall_set(recall_set, paths[stemming])
+                write_seconds[stemming] = time.perf_counter() - started
 
         # The heavy scope of the 1M dataset, for the speed of each choice.
         dataset = load_dataset(DatasetSpec(memories=100_000) if quick else DatasetSpec(memories=1_000_000))
@@ -524,7 +682,9 @@ async def _run(quick: bool) -> Result:
             await reader.close()
         grown_size = QUICK_GROWN_MEMORIES if quick else GROWN_MEMORIES
         print(f"  the {GROWN} grown to {grown_size:,} memories ...", flush=True)
-        grown = await grown_scores(recall_set, workdir, grown_size)
+        bigger = recall_data.grown(recall_set, GROWN, grown_size)
+        grown = await grown_scores(bigger, workdir)
+        on_postgres = await postgres_scores(recall_set, memory_ids, bigger, grown.memory_ids, config)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -580,7 +740,72 @@ async def _run(quick: bool) -> Result:
     result.add("exact search (every match read) latency p50 (200k scope)", median(exhaustive_latencies), "ms")
     result.add("exact search (every match read) latency p99 (200k scope)", percentile(exhaustive_latencies, 99), "ms")
     result.extra["choices"] = table
+    if on_postgres is not None:
+        add_postgres(result, on_postgres, product, grown, label, write_seconds[True], len(memory_ids))
     return result
+
+
+def add_postgres(
+    result: Result,
+    pg: OnPostgres,
+    sqlite_shipped: Scores,
+    grown: Grown,
+    grown_label: str,
+    sqlite_write_seconds: float,
+    quality_memories: int,
+) -> None:
+    """The PostgreSQL rows; beside them in `extra`, and printed, SQLite's shipped figures of this run."""
+    grown_memories = len(grown.memory_ids)
+    in_prompt = {
+        "postgresql": pg.scores.in_prompt / max(1, pg.scores.questions),
+        "sqlite": sqlite_shipped.in_prompt / max(1, sqlite_shipped.questions),
+    }
+    sqlite_kinds = sqlite_shipped.kinds()
+    # (figure, PostgreSQL, SQLite, unit). A load is PostgresStore.import_memories in IMPORT_BATCH
+    # transactions against SQLite's write of the events and a rebuild (how this benchmark writes it).
+    side_by_side: list[tuple[str, float, float, str]] = [
+        *((f"recall@{k}", pg.scores.at(k), sqlite_shipped.at(k), "") for k in KS),
+        ("evidence in the prompt", in_prompt["postgresql"], in_prompt["sqlite"], ""),
+        *((f"recall@10, {kind}", value, sqlite_kinds[kind], "") for kind, value in pg.scores.kinds().items()),
+        (f"load of the quality set ({quality_memories:,} memories)", pg.load_seconds, sqlite_write_seconds, "s"),
+        (
+            "load per 10,000 memories (quality set)",
+            pg.load_seconds / quality_memories * 10_000,
+            sqlite_write_seconds / quality_memories * 10_000,
+            "s",
+        ),
+        (f"{grown_label}: recall@10", pg.grown.at(10), grown.shipped.at(10), ""),
+        (f"{grown_label}: recall latency p50", median(pg.grown_latencies), median(grown.latencies), "ms"),
+        (
+            f"{grown_label}: recall latency p99",
+            percentile(pg.grown_latencies, 99),
+            percentile(grown.latencies, 99),
+            "ms",
+        ),
+        (f"{grown_label}: load of {grown_memories:,} memories", pg.grown_load_seconds, grown.write_seconds, "s"),
+        (
+            "load per 10,000 memories (grown set)",
+            pg.grown_load_seconds / grown_memories * 10_000,
+            grown.write_seconds / grown_memories * 10_000,
+            "s",
+        ),
+    ]
+    for figure, value, _, unit in side_by_side:
+        result.add(f"postgresql: {figure}", value, unit)
+    result.add("postgresql: the benchmark's time on it (cluster, loads, questions)", pg.seconds, "s")
+    result.extra["postgresql"] = {
+        "server_version": pg.server_version,
+        "seconds": pg.seconds,
+        "side_by_side": [
+            {"figure": figure, "postgresql": value, "sqlite": other, "unit": unit}
+            for figure, value, other, unit in side_by_side
+        ],
+        "grown_kinds_at_10": pg.grown.kinds(),
+    }
+    print(f"PostgreSQL {pg.server_version} beside SQLite, same run ({pg.seconds:.0f} s on PostgreSQL):", flush=True)
+    print(f"  {'':<72} {'postgresql':>10} {'sqlite':>10}", flush=True)
+    for figure, value, other, unit in side_by_side:
+        print(f"  {figure:<72} {value:>10.3f} {other:>10.3f} {unit}", flush=True)
 
 
 def run(quick: bool = False) -> Result:

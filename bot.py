@@ -8,6 +8,7 @@ parses the command line (run the bot, or manage its data) and calls
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import gc
 import hashlib
@@ -27,6 +28,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from cogs.replies import UserFacingError, send_ephemeral, storage_error_text
+from companion.backend import Backend, open_backend
 from companion.config import Config
 from companion.forgetting import Forgetting
 from companion.llm import EndpointProbe, LLMClient
@@ -35,10 +37,9 @@ from companion.significance import Classifier
 from companion.turns import TurnService
 from companion.worker import SignificanceWorker
 from storage import sqlite
-from storage.database import Database
 from storage.datadir_lock import DataDirLock
 from storage.files import make_private
-from storage.sqlite_store import SQLiteStore, store_error
+from storage.sqlite_store import store_error
 from storage.store import StoreError
 
 log = logging.getLogger("companion")
@@ -91,7 +92,7 @@ class CompanionTree(app_commands.CommandTree):
 class CompanionBot(commands.Bot):
     """The bot: owns the turn service and, through its cogs, the Discord side."""
 
-    def __init__(self, config: Config, db: Database, llm: LLMClient, **client_options: Any) -> None:
+    def __init__(self, config: Config, backend: Backend, llm: LLMClient, **client_options: Any) -> None:
         intents = discord.Intents.default()
         intents.message_content = True
         super().__init__(
@@ -103,10 +104,11 @@ class CompanionBot(commands.Bot):
             **client_options,
         )
         self.config = config
-        # The database itself only for what is SQLite's alone (backups, snapshots); everything
-        # else goes through the store.
-        self.db = db
-        self.store = SQLiteStore(db, snapshots_dir=config.storage.snapshots_dir)
+        self.backend = backend
+        # SQLite's database itself, only for what is SQLite's alone (snapshots); None with
+        # PostgreSQL. Everything else goes through the store.
+        self.db = backend.db
+        self.store = backend.store
         self.llm = llm
         self.scoring = SignificanceWorker(
             self.store,
@@ -114,6 +116,7 @@ class CompanionBot(commands.Bot):
             concurrency=config.memory.scoring_concurrency,
             pin_cap=config.memory.pin_cap,
             rescan_seconds=config.memory.scoring_rescan_seconds,
+            lease_seconds=config.memory.scoring_lease_seconds,
         )
         self.turns = TurnService(config, self.store, llm, memory_written=lambda _: self.scoring.notify())
         self.forgetting = Forgetting(self.store, self.scoring, lambda: self.user.id if self.user else None)
@@ -125,7 +128,14 @@ class CompanionBot(commands.Bot):
         # Set while a restore runs: messages get this answer instead of a turn.
         self.paused_reason: str | None = None
         self.operations = Operations(
-            config, db, self.scoring, pause_turns=self._pause_turns, turns_in_flight=self._turns_in_flight
+            config,
+            backend.backups,
+            backend.db,
+            self.scoring,
+            pause_turns=self._pause_turns,
+            turns_in_flight=self._turns_in_flight,
+            leadership=backend.leadership(),
+            election_seconds=config.backup.takeover_seconds,
         )
 
     async def setup_hook(self) -> None:
@@ -250,6 +260,36 @@ class CompanionBot(commands.Bot):
         return chat.lanes.pending() if chat is not None else 0  # type: ignore[attr-defined]
 
 
+class ShardedCompanionBot(CompanionBot, commands.AutoShardedBot):
+    """The bot on some of Discord's shards: `[discord] shard_count`, running `shard_ids` (or all).
+
+    One gateway session per shard. A guild's events all come through its shard,
+    (guild_id >> 22) % shard_count, and DMs through shard 0, so each channel's
+    messages still arrive in order.
+    """
+
+    def __init__(self, config: Config, backend: Backend, llm: LLMClient, **client_options: Any) -> None:
+        super().__init__(
+            config,
+            backend,
+            llm,
+            shard_count=config.discord.shard_count,
+            shard_ids=list(config.discord.shard_ids) or None,  # None: every shard
+            **client_options,
+        )
+
+    async def on_shard_ready(self, shard_id: int) -> None:
+        # The sharded client says READY once, for all its shards; a shard that identifies
+        # afresh later rebuilds its part of the cache, which on_ready's collector pass must see.
+        if self.is_ready():
+            await self.on_ready()
+
+
+def bot_class(config: Config) -> type[CompanionBot]:
+    """The client for this config: discord.py's sharded one only when `[discord] shard_count` is set."""
+    return ShardedCompanionBot if config.discord.sharded else CompanionBot
+
+
 def point_discord_at(config: Config) -> None:
     """Use the configured REST and gateway endpoints (a fake one in tests)."""
     discord.http.Route.BASE = config.discord.api_base.rstrip("/")
@@ -262,16 +302,24 @@ async def create_bot(config: Config, **client_options: Any) -> CompanionBot:
     llm = LLMClient(config.llm, config.llm_api_key())
     point_discord_at(config)
     try:
-        db = await Database.open(config.storage.database_path, snapshots_dir=config.storage.snapshots_dir)
+        backend = await open_backend(config)
     except BaseException:
         await llm.close()
         raise
-    return CompanionBot(config, db, llm, **client_options)
+    return bot_class(config)(config, backend, llm, **client_options)
 
 
 async def run_bot(config: Config) -> int:
     token = config.discord_token()
-    with DataDirLock(config.storage.data_dir).acquire("the bot"):
+    data_dir = config.storage.data_dir
+    if config.storage.backend == "postgresql":
+        config.postgresql_dsn()  # a missing connection string stops the start before anything else
+        data_dir.mkdir(parents=True, exist_ok=True)
+        # Several processes share PostgreSQL, and on one host they may share a data folder (its backups).
+        one_process_only: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+    else:
+        one_process_only = DataDirLock(data_dir).acquire("the bot")
+    with one_process_only:
         fixed = make_private(config.storage.data_dir)
         if fixed:
             log.info("made %d files and folders in %s private to this user", fixed, config.storage.data_dir)

@@ -25,21 +25,31 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import bot
+from companion.backend import backup_target
 from companion.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
 from memory_tools import ToolError, forget_user_command, import_command, recall_command, resolve_bot_id
-from storage import backups, sqlite
-from storage.backups import BackupError, UnknownBackup
+from storage import sqlite
+from storage.backup_target import BackupTarget
+from storage.backups import BackupError, BackupInfo, UnknownBackup
 from storage.database import DatabaseNotReady
 from storage.datadir_lock import DataDirInUse, DataDirLock
 from storage.files import PRIVATE_UMASK
-from storage.rebuild import rebuild_projections
+from storage.rebuild import RebuildReport, rebuild_projections
 from storage.schema import SchemaTooNew
 from storage.scope import Scope
 from storage.snapshots import SnapshotError, remove_unusable, write_snapshot
+from storage.store import StoreError
 
 
 def cmd_rebuild(config: Config, *, full: bool) -> int:
     storage = config.storage
+    if storage.backend == "postgresql":
+        # Always the whole log (there are no snapshots); running bots' writes wait meanwhile.
+        report = asyncio.run(_rebuild_postgres(config))
+        print(
+            f"rebuilt projections from all {report.events} events (up to #{report.last_seq}) in {report.seconds:.2f}s"
+        )
+        return 0
     _require_database(config)
     report = rebuild_projections(storage.database_path, storage.snapshots_dir, full=full)
     origin = f"snapshot {report.snapshot} plus {report.events}" if report.snapshot else f"all {report.events}"
@@ -54,50 +64,62 @@ def cmd_rebuild(config: Config, *, full: bool) -> int:
     return 0
 
 
+async def _rebuild_postgres(config: Config) -> RebuildReport:
+    from storage.postgres.rebuild import rebuild_projections as rebuild_on_postgres
+    from storage.postgres.store import PostgresStore
+
+    store = await PostgresStore.open(config.postgresql_dsn(), min_size=1, max_size=1)
+    try:
+        return await rebuild_on_postgres(store.pool)
+    finally:
+        await store.close()
+
+
 def cmd_backup(config: Config, action: str, name: str | None) -> int:
-    storage = config.storage
+    target = backup_target(config)
     if action == "list":
-        return _print_backup_list(backups.list_backups(storage.backups_dir))
+        return _print_backup_list(target.list())
     if action == "verify":
         assert name is not None
-        path = _backup_path(config, name)
-        check = backups.verify_backup(path)
+        path = _backup_path(target, name)
+        check = target.verify(path)
         checksum = "checksum matches" if check.checksum_checked else "no checksum recorded"
         print(f"{path.name}: ok (schema v{check.schema_version}, events up to #{check.last_event_id}, {checksum})")
         return 0
-    _require_database(config)
+    if config.storage.backend == "sqlite":
+        _require_database(config)
     if action == "now":
-        info = backups.take_backup(storage.database_path, storage.backups_dir, kind="manual", keep=config.backup.keep)
+        info = target.take(kind="manual", keep=config.backup.keep)
         print(f"backup {info.name} taken: {info.size_bytes:,} bytes, events up to #{info.last_event_id}, verified")
         return 0
     assert action == "restore" and name is not None
-    info = backups.find_backup(storage.backups_dir, name)
-    check = backups.verify_backup(info.path)
+    info = target.find(name)
+    check = target.verify(info.path)
     print(f"{info.name} is sound: events up to #{check.last_event_id}")
-    safety = backups.take_backup(
-        storage.database_path,
-        storage.backups_dir,
-        kind="pre-restore",
-        keep=config.backup.keep,
-        protect=(info.name,),  # it may be an old safety copy itself
-    )
-    print(f"safety backup {safety.name} taken")
-    backups.restore_into(info.path, storage.database_path, storage.snapshots_dir)
+
+    def back_up_then_restore() -> None:
+        # it may be an old safety copy itself: protected from the safety backup's pruning
+        safety = target.take(kind="pre-restore", keep=config.backup.keep, protect=(info.name,))
+        print(f"safety backup {safety.name} taken", flush=True)
+        target.restore(info.path)
+
+    # With PostgreSQL, running bots' writes wait meanwhile, then land in the restored database.
+    asyncio.run(target.exclusively(back_up_then_restore))
     print(f"restored {info.name}: the memory is back to event #{check.last_event_id}")
     return 0
 
 
-def _backup_path(config: Config, name: str) -> Path:
+def _backup_path(target: BackupTarget, name: str) -> Path:
     """A backup by name, or any file given by path (to check a copy kept elsewhere)."""
     try:
-        return backups.find_backup(config.storage.backups_dir, name).path
+        return target.find(name).path
     except UnknownBackup:
         if Path(name).is_file():
             return Path(name)
         raise
 
 
-def _print_backup_list(found: list[backups.BackupInfo]) -> int:
+def _print_backup_list(found: list[BackupInfo]) -> int:
     if not found:
         print("no backups yet")
         return 0
@@ -192,20 +214,21 @@ def discord_id(text: str) -> int:
 
 
 def cmd_recall(config: Config, args: argparse.Namespace) -> int:
-    bot_id = resolve_bot_id(config, args.bot_id)
+    bot_id = asyncio.run(resolve_bot_id(config, args.bot_id))
     scope = Scope.for_guild(bot_id, args.guild) if args.guild is not None else Scope.for_dm(bot_id, args.dm)
     texts = sys.stdin if args.text == ["-"] else " ".join(args.text)
     return asyncio.run(recall_command(config, scope, args.channel, texts, as_json=args.json))
 
 
 def cmd_forget(config: Config, args: argparse.Namespace) -> int:
-    _require_database(config)
-    bot_id = resolve_bot_id(config, args.bot_id)
+    if config.storage.backend == "sqlite":
+        _require_database(config)
+    bot_id = asyncio.run(resolve_bot_id(config, args.bot_id))
     return asyncio.run(forget_user_command(config, bot_id=bot_id, user_id=args.user, guild_id=args.guild))
 
 
 def cmd_import(config: Config, args: argparse.Namespace) -> int:
-    bot_id = resolve_bot_id(config, args.bot_id)
+    bot_id = asyncio.run(resolve_bot_id(config, args.bot_id))
     return asyncio.run(import_command(config, args.files, bot_id=bot_id, score=args.score, dm_user_id=args.dm_user))
 
 
@@ -221,11 +244,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in (None, "run"):
             return asyncio.run(bot.run_bot(config))
         if args.command == "rebuild":
+            if config.storage.backend == "postgresql":
+                return cmd_rebuild(config, full=args.full)
             with DataDirLock(config.storage.data_dir).acquire("bot.py rebuild"):
                 return cmd_rebuild(config, full=args.full)
         if args.command == "backup":
-            # Taking, listing and verifying backups is safe beside a running bot; a restore is not.
-            if args.action == "restore":
+            # Taking, listing and verifying backups is safe beside a running bot; a restore of
+            # SQLite's is not (PostgreSQL's holds every process's writes while it runs).
+            if args.action == "restore" and config.storage.backend == "sqlite":
                 with DataDirLock(config.storage.data_dir).acquire("bot.py backup restore"):
                     return cmd_backup(config, args.action, args.name)
             return cmd_backup(config, args.action, getattr(args, "name", None))
@@ -247,6 +273,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ToolError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except DatabaseNotReady as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -18,17 +18,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from companion.backend import open_store
 from companion.config import Config
 from companion.history_import import Export, ExportError, read_export
 from companion.recall import Recalled
 from companion.records import memory_record
 from companion.turns import IncomingTurn, PreparedPrompt, prepare_prompt
-from storage import identity, sqlite
 from storage.commands import TurnRecord, memory_written
 from storage.events import SOURCE_IMPORT
 from storage.memories import Memory
 from storage.scope import Scope
-from storage.sqlite_store import SQLiteStore
 from storage.store import MemoryStore
 
 # Imported turns written per transaction: long enough to be fast, short enough that a
@@ -43,26 +42,24 @@ class ToolError(Exception):
     """A problem for the person at the command line; printed as one `error:` line."""
 
 
-def resolve_bot_id(config: Config, given: int | None) -> int:
+async def resolve_bot_id(config: Config, given: int | None) -> int:
     """`--bot-id` if given, else the bot that last logged in with this database."""
     if given is not None:
         return given
-    path = config.storage.database_path
     known = None
-    if path.is_file():
-        conn = sqlite.connect(path, query_only=True)
+    # A SQLite file that does not exist yet knows no bot, and opening it would create it.
+    if config.storage.backend != "sqlite" or config.storage.database_path.is_file():
+        store = await open_store(config, reading=True)
         try:
-            known = identity.last_logged_in(conn)
-        except sqlite.OperationalError:
-            known = None  # a database from before the bot recorded its id
+            known = await store.last_bot_id()
         finally:
-            conn.close()
+            await store.close()
     if known is None:
         raise ToolError(
             "the database doesn't know the bot's user id yet (the bot has never logged in with it);"
             " give it with --bot-id ID"
         )
-    return known.bot_id
+    return known
 
 
 # recall
@@ -79,7 +76,7 @@ async def recall_command(
 ) -> int:
     """Print what the prompt for each message would hold: a listing or a JSON object for one
     message (`texts` a str), one JSON line per message for many."""
-    store = await SQLiteStore.open_for_reading(config.storage.database_path)
+    store = await open_store(config, reading=True)
     try:
         if isinstance(texts, str):
             prepared = await _prepare(config, store, scope, channel_id, texts)
@@ -162,7 +159,7 @@ async def forget_user_command(
 ) -> int:
     """Forget every memory of what `user_id` said: in one server, or in every server and their DMs."""
     out = out or sys.stdout
-    store = await SQLiteStore.open(config.storage.database_path, snapshots_dir=config.storage.snapshots_dir)
+    store = await open_store(config)
     try:
         if guild_id is not None:
             scopes = [Scope.for_guild(bot_id, guild_id)]
@@ -204,7 +201,7 @@ async def import_command(
     """Import each export; a bad file is reported and imports nothing, the others go ahead."""
     out, err = out or sys.stdout, err or sys.stderr
     progress = Progress(err)
-    store = await SQLiteStore.open(config.storage.database_path, snapshots_dir=config.storage.snapshots_dir)
+    store = await open_store(config)
     failed = 0
     try:
         for path in paths:

@@ -208,7 +208,7 @@ class Status(commands.Cog):
         lines = [
             f"**Up** for {_duration(time.time() - bot.started_at)} "
             f"(since {_when(datetime.fromtimestamp(bot.started_at, UTC), 'f')}). "
-            f"Gateway latency: {_latency(bot.latency)}.",
+            f"Gateway latency: {_latency(bot.latency)}.{_shards(bot)}",
             f"**Memory:** {_count(counts.memories, 'memory', 'memories')} ({counts.pinned:,} pinned) in "
             f"{_count(counts.guilds, 'server', 'servers')} and {_count(counts.dms, 'DM', 'DMs')}; "
             f"the log is at event #{counts.last_event_id:,}.",
@@ -269,6 +269,8 @@ def _backup_status(ops: OperationsStatus) -> str:
 
 def _snapshot_status(ops: OperationsStatus) -> str:
     parts = ["**Snapshots:**"]
+    if not ops.has_snapshots:
+        return "**Snapshots:** none with PostgreSQL (its projections change in the same transaction as the log)."
     newest = ops.newest_snapshot
     if newest is not None:
         at_event = f" at event #{newest.seq:,}" if newest.seq is not None else " (unreadable)"
@@ -283,6 +285,8 @@ def _snapshot_status(ops: OperationsStatus) -> str:
 
 def _jobs_status(ops: OperationsStatus) -> str:
     state = "running" if ops.running else "stopped"
+    if ops.leading is not None:
+        state += ", run by this process" if ops.leading else ", run by another process sharing the database"
     text = f"**Scheduled jobs:** {state}; {ops.job_errors} errors, {ops.misfires} missed runs."
     for problem in ops.problems[-3:]:
         text += f"\n- `{problem.job_id}` {problem.kind} {_when(problem.at, 'R')}: {problem.detail}"
@@ -351,6 +355,13 @@ def _duration(seconds: float) -> str:
 
 def _latency(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if math.isfinite(seconds) else "not measured yet"
+
+
+def _shards(bot: CompanionBot) -> str:
+    """The shards this process runs, when sharded ([discord] shard_count)."""
+    if not isinstance(bot, discord.AutoShardedClient):
+        return ""
+    return f" Shards {', '.join(str(shard_id) for shard_id in sorted(bot.shards))} of {bot.shard_count}."
 
 
 def _fit(text: str) -> str:

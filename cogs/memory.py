@@ -435,7 +435,9 @@ class MemoryCog(commands.GroupCog, group_name="memory", group_description="See a
                 "`python bot.py rebuild`."
             )
         else:
-            outcome = f"Forgotten #{id}: its text is gone from my memory, my search and my snapshots."
+            # PostgreSQL keeps no snapshots.
+            copies = ", my search and my snapshots" if self.bot.db is not None else " and my search"
+            outcome = f"Forgotten #{id}: its text is gone from my memory{copies}."
         if with_later:
             outcome += f" So are the {len(with_later)} later memories that drew on it."
         if cleanup.checkpoint_pending:

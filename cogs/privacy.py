@@ -34,6 +34,8 @@ CHANNEL_DELETED = "its channel was deleted in Discord"
 REMOVED_FROM_SERVER = "the bot was removed from the server"
 DAY_SECONDS = 86_400
 PURGE_CHECK_HOURS = 1.0
+# A server's shard is (server id >> 22) % shard_count (Discord's rule).
+DISCORD_SHARD_SHIFT = 22
 
 
 class Privacy(commands.Cog):
@@ -152,7 +154,9 @@ class Privacy(commands.Cog):
             await self.record_channels(guild)
         bot_id = self.bot.user.id
         present = {guild.id for guild in self.bot.guilds}
-        gone = [g for g in await self.bot.store.remembered_guilds(bot_id) if g not in present]
+        # A server on another process's shard is not here, and has not removed the bot either.
+        remembered = [g for g in await self.bot.store.remembered_guilds(bot_id) if self._on_my_shards(g)]
+        gone = [g for g in remembered if g not in present]
         if gone:
             await self.bot.store.note_departures(bot_id, gone, at=time.time())
         await self._back_in([g for g in await self.bot.store.departures(bot_id) if g in present])
@@ -187,6 +191,14 @@ class Privacy(commands.Cog):
             except Exception:
                 # Tried again at the next check.
                 log.exception("could not forget the memories of servers that removed me")
+
+    def _on_my_shards(self, guild_id: int) -> bool:
+        """Whether this process runs the shard a server is on: each process sees only its shards' servers."""
+        shard_count = self.bot.shard_count
+        shard_ids = getattr(self.bot, "shard_ids", None)
+        if not shard_count or shard_ids is None:
+            return True  # not sharded, or this process runs every shard
+        return (guild_id >> DISCORD_SHARD_SHIFT) % shard_count in shard_ids
 
     async def _back_in(self, guild_ids: list[int]) -> None:
         if self.bot.user is None or not guild_ids:

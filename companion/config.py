@@ -32,6 +32,14 @@ class DiscordConfig:
     gateway_url: str = "wss://gateway.discord.gg"
     owner_ids: tuple[int, ...] = ()
     listen_channel_ids: tuple[int, ...] = ()
+    # 0: one gateway connection, no sharding. TOML has no null, so 0 stands for "unset".
+    shard_count: int = 0
+    # The shards this process runs, each in [0, shard_count); empty means all of them.
+    shard_ids: tuple[int, ...] = ()
+
+    @property
+    def sharded(self) -> bool:
+        return self.shard_count > 0
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,8 @@ class PersonaConfig:
 @dataclass(frozen=True)
 class StorageConfig:
     data_dir: Path = Path("data")
+    backend: str = "sqlite"
+    postgresql_dsn_env: str = "DATABASE_URL"
 
     @property
     def database_path(self) -> Path:
@@ -83,6 +93,7 @@ class MemoryConfig:
     context_budget_tokens: int = 6000
     scoring_concurrency: int = 4
     scoring_rescan_seconds: float = 60.0
+    scoring_lease_seconds: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -97,6 +108,7 @@ class BackupConfig:
     time: str = "03:00"
     timezone: str = "UTC"
     keep: int = 14
+    takeover_seconds: float = 60.0
 
     @property
     def hour(self) -> int:
@@ -152,6 +164,17 @@ class Config:
             )
         return key
 
+    def postgresql_dsn(self) -> str:
+        """The PostgreSQL connection string from the environment; a ConfigError if it is missing."""
+        name = self.storage.postgresql_dsn_env
+        dsn = os.environ.get(name, "").strip()
+        if not dsn:
+            raise ConfigError(
+                f'environment variable {name} is not set ([storage] backend is "postgresql", '
+                "and [storage] postgresql_dsn_env names the variable holding its connection string)"
+            )
+        return dsn
+
 
 SECTIONS: dict[str, type] = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "source"}
 _SECTION_CLASSES = {
@@ -168,6 +191,7 @@ _SECTION_CLASSES = {
 
 # Bounds for numeric keys: (minimum, maximum), inclusive; None means unbounded.
 _BOUNDS: dict[tuple[str, str], tuple[float | None, float | None]] = {
+    ("discord", "shard_count"): (0, 100_000),
     ("llm", "timeout_seconds"): (0.1, 3600),
     ("llm", "max_retries"): (0, 10),
     ("llm", "max_reply_tokens"): (16, 100_000),
@@ -179,14 +203,19 @@ _BOUNDS: dict[tuple[str, str], tuple[float | None, float | None]] = {
     ("memory", "context_budget_tokens"): (500, 1_000_000),
     ("memory", "scoring_concurrency"): (1, 64),
     ("memory", "scoring_rescan_seconds"): (1, 86_400),
+    ("memory", "scoring_lease_seconds"): (1, 3600),
     ("chat", "max_pending_per_channel"): (1, 10_000),
     ("chat", "user_turns_per_minute"): (0, 100_000),
     ("chat", "user_burst"): (1, 10_000),
     ("backup", "keep"): (1, 10_000),
+    ("backup", "takeover_seconds"): (1, 3600),
     ("snapshot", "interval_minutes"): (1, 7 * 24 * 60),
     ("snapshot", "keep"): (1, 1_000),
     ("privacy", "removed_guild_grace_days"): (0, 3650),
 }
+
+# Lists of numbers counted from 0, not Discord ids (which are positive).
+_ZERO_BASED_LISTS = {("discord", "shard_ids")}
 
 _TIME_PATTERN = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
@@ -225,7 +254,8 @@ def parse_config(document: dict[str, typing.Any], *, source: Path | None = None)
     base = source.parent if source else Path.cwd()
     data_dir = config.storage.data_dir
     if not data_dir.is_absolute():
-        config = dataclasses.replace(config, storage=StorageConfig(data_dir=(base / data_dir).resolve()))
+        storage = dataclasses.replace(config.storage, data_dir=(base / data_dir).resolve())
+        config = dataclasses.replace(config, storage=storage)
     _check_semantics(where, config)
     return config
 
@@ -273,6 +303,8 @@ def _coerce(where: str, section: str, key: str, hint: typing.Any, value: typing.
         return Path(value)
     origin = typing.get_origin(hint)
     if origin is tuple:
+        if (section, key) in _ZERO_BASED_LISTS:
+            return _zero_based_list(where, label, value)
         if not isinstance(value, list):
             raise wrong("a list of ids")
         items = []
@@ -288,6 +320,15 @@ def _coerce(where: str, section: str, key: str, hint: typing.Any, value: typing.
     raise AssertionError(f"unhandled config type {hint!r}")
 
 
+def _zero_based_list(where: str, label: str, value: typing.Any) -> tuple[int, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: {label} must be a list of integers, got {_describe(value)}")
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int) or item < 0:
+            raise ConfigError(f"{where}: {label} must hold integers from 0 up, got {_describe(item)}")
+    return tuple(value)
+
+
 def _check_bounds(where: str, section: str, key: str, value: float) -> None:
     low, high = _BOUNDS.get((section, key), (None, None))
     if (low is not None and value < low) or (high is not None and value > high):
@@ -295,9 +336,33 @@ def _check_bounds(where: str, section: str, key: str, value: float) -> None:
 
 
 SHARE_ACROSS_CHANNELS = ("public", "all", "none")
+STORAGE_BACKENDS = ("sqlite", "postgresql")
+
+
+def _check_sharding(where: str, discord: DiscordConfig) -> None:
+    count, ids = discord.shard_count, discord.shard_ids
+    if ids and not count:
+        raise ConfigError(
+            f"{where}: [discord] shard_ids needs shard_count, the total number of shards across every process"
+        )
+    for position, shard_id in enumerate(ids):
+        if shard_id >= count:
+            raise ConfigError(
+                f"{where}: [discord] shard_ids must be below shard_count ({count}): shards are numbered "
+                f"0 to {count - 1}, got {shard_id}"
+            )
+        if shard_id in ids[:position]:
+            raise ConfigError(f"{where}: [discord] shard_ids lists shard {shard_id} more than once")
 
 
 def _check_semantics(where: str, config: Config) -> None:
+    _check_sharding(where, config.discord)
+    backend = config.storage.backend
+    if backend not in STORAGE_BACKENDS:
+        options = ", ".join(f'"{option}"' for option in STORAGE_BACKENDS)
+        raise ConfigError(f"{where}: [storage] backend must be one of {options}, got {backend!r}")
+    if backend == "postgresql" and not config.storage.postgresql_dsn_env.strip():
+        raise ConfigError(f"{where}: [storage] postgresql_dsn_env must name an environment variable")
     share = config.memory.share_across_channels
     if share not in SHARE_ACROSS_CHANNELS:
         options = ", ".join(f'"{option}"' for option in SHARE_ACROSS_CHANNELS)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from datetime import time as wall_time
 from functools import partial
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED, JobExecutionEvent
@@ -36,6 +37,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from companion.config import BackupConfig, Config
 from companion.worker import SignificanceWorker
 from storage import backups, snapshots
+from storage.backup_target import BackupTarget
 from storage.backups import BackupError, BackupInfo
 from storage.database import Database
 from storage.snapshots import SnapshotError, SnapshotInfo
@@ -46,6 +48,7 @@ NIGHTLY_JOB_ID = "backup-nightly"
 NIGHTLY_RETRY_JOB_ID = "backup-nightly-retry"
 NIGHTLY_LATE_JOB_ID = "backup-nightly-late"
 CATCH_UP_JOB_ID = "backup-catch-up"
+ELECTION_JOB_ID = "scheduler-election"
 SNAPSHOT_JOB_ID = "snapshot-periodic"
 # Jobs run late rather than not at all: a busy loop, or a suspended machine.
 MISFIRE_GRACE_SECONDS = 6 * 3600
@@ -53,10 +56,19 @@ JOB_DEFAULTS = {"misfire_grace_time": MISFIRE_GRACE_SECONDS, "coalesce": True, "
 # The start-up catch-up: a nightly backup older than this is overdue.
 CATCH_UP_AFTER = timedelta(hours=24)
 NIGHTLY_RETRY_AFTER = timedelta(hours=1)
+# How long stopping waits for a backup under way to finish.
+STOP_WAIT_SECONDS = 10.0
 # How long a restore waits for in-flight turns and scoring before copying.
 RESTORE_SETTLE_SECONDS = 10.0
 RESTORING_REPLY = "I'm restoring my memory from a backup, back in a moment."
 RECENT_PROBLEMS = 10
+# Worded to follow "the " in the command's answer.
+NO_SNAPSHOTS = (
+    "snapshot is not available: PostgreSQL keeps none, as its projections change in the same transaction as the log"
+)
+
+# How often a process that does not run the scheduled jobs asks whether it should now.
+ELECTION_SECONDS = 60.0
 
 Progress = Callable[[str], Awaitable[None]]
 Clock = Callable[[], datetime]
@@ -85,6 +97,32 @@ def nightly_due(now: datetime, newest_nightly: datetime | None, *, at: wall_time
     if now >= scheduled_today:
         return True
     return newest_nightly is None or now - newest_nightly >= CATCH_UP_AFTER
+
+
+class Leadership(Protocol):
+    """Which process runs the scheduled jobs when several share one database."""
+
+    shared: bool  # whether other processes may take part at all
+    leading: bool  # the answer when last asked
+
+    async def lead(self) -> bool:
+        """Whether this process runs the scheduled jobs now (asking takes the lead if it is free)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class SoleLeadership:
+    """One process owns a SQLite data folder (storage/datadir_lock.py): it always runs the jobs."""
+
+    shared = False
+    leading = True
+
+    async def lead(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        return None
 
 
 @dataclass(frozen=True)
@@ -117,6 +155,9 @@ class OperationsStatus:
     job_errors: int
     misfires: int
     problems: tuple[JobProblem, ...]
+    # None with one process alone (SQLite); else whether this one runs the scheduled jobs.
+    leading: bool | None = None
+    has_snapshots: bool = True  # False where the backend keeps none (PostgreSQL)
 
 
 @dataclass(frozen=True)
@@ -133,19 +174,27 @@ class Operations:
     def __init__(
         self,
         config: Config,
-        db: Database,
+        backup_target: BackupTarget,
+        db: Database | None,
         worker: SignificanceWorker,
         *,
         pause_turns: Callable[[str | None], None],
         turns_in_flight: Callable[[], int] = lambda: 0,
         clock: Clock = utc_now,
+        leadership: Leadership | None = None,
+        election_seconds: float = ELECTION_SECONDS,
     ) -> None:
         self.config = config
+        self.backups = backup_target
+        # SQLite's database, for its snapshots; None where the backend has none (PostgreSQL).
         self.db = db
         self.worker = worker
         self.pause_turns = pause_turns
         self.turns_in_flight = turns_in_flight
         self.clock = clock
+        # Several processes on one PostgreSQL: only the elected one runs the scheduled jobs.
+        self.leadership: Leadership = leadership or SoleLeadership()
+        self.election_seconds = election_seconds
         self.backups_dir = config.storage.backups_dir
         self.snapshots_dir = config.storage.snapshots_dir
         self.scheduler: AsyncIOScheduler | None = None
@@ -166,12 +215,22 @@ class Operations:
         scheduler.add_job(
             self.nightly_backup, nightly_trigger(self.config.backup), id=NIGHTLY_JOB_ID, replace_existing=True
         )
-        scheduler.add_job(
-            self.periodic_snapshot,
-            IntervalTrigger(minutes=self.config.snapshot.interval_minutes, timezone=UTC),
-            id=SNAPSHOT_JOB_ID,
-            replace_existing=True,
-        )
+        if self.db is not None:
+            scheduler.add_job(
+                self.periodic_snapshot,
+                IntervalTrigger(minutes=self.config.snapshot.interval_minutes, timezone=UTC),
+                id=SNAPSHOT_JOB_ID,
+                replace_existing=True,
+            )
+        if self.leadership.shared:
+            # A process that does not run the jobs asks again and again: if the one that did died, its
+            # lock went with its connection, and this one takes over within one election period.
+            scheduler.add_job(
+                self._elect,
+                IntervalTrigger(seconds=self.election_seconds, timezone=UTC),
+                id=ELECTION_JOB_ID,
+                replace_existing=True,
+            )
         # No trigger: run once, now (without holding up the bot's start).
         scheduler.add_job(self._start_up, id=CATCH_UP_JOB_ID, replace_existing=True)
         scheduler.start()
@@ -182,9 +241,23 @@ class Operations:
         cleans up after itself: files only get their final name once verified."""
         scheduler, self.scheduler = self.scheduler, None
         if scheduler is not None and scheduler.running:
+            # Let a backup under way finish rather than cut it off (it would only be cleaned up).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STOP_WAIT_SECONDS), self._lock:
+                    pass
             scheduler.shutdown(wait=False)
+        # Hand the scheduled jobs over to another process at once.
+        await self.leadership.close()
+
+    async def _elect(self) -> None:
+        was_leading = self.leadership.leading
+        if await self.leadership.lead() and not was_leading:
+            # Newly in charge: tidy up and take the day's backup if the process before did not.
+            await self._start_up()
 
     async def _start_up(self) -> BackupInfo | None:
+        if not await self.leadership.lead():
+            return None
         async with self._lock:
             try:
                 await asyncio.to_thread(self._tidy_files)
@@ -195,9 +268,13 @@ class Operations:
         return await self.nightly_backup()
 
     def _tidy_files(self) -> None:
-        for directory in (self.backups_dir, self.snapshots_dir):
-            for name in backups.remove_temp_files(directory):
-                log.info("removed %s, left by an interrupted backup or snapshot", name)
+        leftovers = self.backups.remove_temp_files()
+        if self.db is not None:
+            leftovers += backups.remove_temp_files(self.snapshots_dir)
+        for name in leftovers:
+            log.info("removed %s, left by an interrupted backup or snapshot", name)
+        if self.db is None:
+            return
         scrubbed = snapshots.scrub_forgotten(self.db.path, self.snapshots_dir)
         if scrubbed:
             log.warning("removed forgotten memories from %d snapshots at start", scrubbed)
@@ -207,9 +284,11 @@ class Operations:
     async def nightly_backup(self) -> BackupInfo | None:
         """The scheduled backup: taken only if `nightly_due` says so. Raises on failure,
         so the scheduler's error listener records it, and retries in an hour."""
+        if not await self.leadership.lead():
+            return None  # another process runs the scheduled jobs
         async with self._lock:
             now = self.clock()
-            newest = await asyncio.to_thread(backups.newest_backup, self.backups_dir, "nightly")
+            newest = await asyncio.to_thread(self.backups.newest, "nightly")
             backup_config = self.config.backup
             is_due = nightly_due(
                 now,
@@ -233,9 +312,7 @@ class Operations:
     async def _take_backup(self, kind: str, now: datetime) -> BackupInfo:
         self._busy = f"{kind} backup"
         try:
-            info = await asyncio.to_thread(
-                backups.take_backup, self.db.path, self.backups_dir, kind=kind, now=now, keep=self.config.backup.keep
-            )
+            info = await asyncio.to_thread(partial(self.backups.take, kind=kind, now=now, keep=self.config.backup.keep))
         except BackupError as exc:
             self._last_backup = Outcome(self.clock(), False, str(exc))
             log.error("%s backup failed: %s", kind, exc)
@@ -257,16 +334,18 @@ class Operations:
 
     async def list_backups(self) -> list[BackupInfo]:
         """Every backup, newest first."""
-        return list(reversed(await asyncio.to_thread(backups.list_backups, self.backups_dir)))
+        return list(reversed(await asyncio.to_thread(self.backups.list)))
 
     async def find_backup(self, name: str) -> BackupInfo:
-        return await asyncio.to_thread(backups.find_backup, self.backups_dir, name)
+        return await asyncio.to_thread(self.backups.find, name)
 
     # snapshots
 
     async def periodic_snapshot(self) -> SnapshotInfo | None:
         """The scheduled snapshot: written only if events were appended since the last one."""
         async with self._lock:
+            if self.db is None:
+                return None
             is_current = await asyncio.to_thread(snapshots.has_current_snapshot, self.db.path, self.snapshots_dir)
             if is_current:
                 return None
@@ -278,6 +357,8 @@ class Operations:
             return await self._write_snapshot(kind)
 
     async def _write_snapshot(self, kind: str) -> SnapshotInfo:
+        if self.db is None:
+            raise SnapshotError(NO_SNAPSHOTS)
         self._busy = f"{kind} snapshot"
         now = self.clock()
         try:
@@ -316,18 +397,18 @@ class Operations:
                 await self._settle()
                 # A job still waiting for the classifier would record its score in the restored database.
                 await self.worker.cancel_in_flight()
-                check = await asyncio.to_thread(backups.verify_backup, info.path)
+                check = await asyncio.to_thread(self.backups.verify, info.path)
                 await self._pre_restore_snapshot()
                 await _report(
                     progress,
                     f"The backup is sound (events up to #{check.last_event_id}). Taking a safety backup "
                     f"of the current state, then restoring `{info.name}`; new memories wait meanwhile…",
                 )
-                safety = await self.db.run_exclusively(partial(self._back_up_then_restore, info))
+                safety = await self.backups.exclusively(partial(self._back_up_then_restore, info))
             finally:
-                # The worker walks the unscored memories from the start again:
-                # its queue is rebuilt from the restored database.
-                self.worker.resume()
+                # The worker gives back what it had claimed and claims afresh
+                # from the restored database.
+                await self.worker.resume()
                 self.pause_turns(None)
                 self._busy = None
         log.info("restored backup %s (events up to #%d)", info.name, check.last_event_id)
@@ -337,15 +418,13 @@ class Operations:
         """The safety backup and the restore, with every write held off from the first to the last:
         whatever committed before is in the safety backup, whatever comes after lands in the
         restored database. Returns the safety backup."""
-        safety = backups.take_backup(
-            self.db.path,
-            self.backups_dir,
+        safety = self.backups.take(
             kind="pre-restore",
             now=self.clock(),
             keep=self.config.backup.keep,
             protect=(info.name,),  # it may be an old safety copy itself
         )
-        backups.restore_into(info.path, self.db.path, self.snapshots_dir)
+        self.backups.restore(info.path)
         return safety
 
     async def _settle(self) -> None:
@@ -360,6 +439,8 @@ class Operations:
     async def _pre_restore_snapshot(self) -> None:
         # Only an accelerator for a later rebuild of the replaced timeline; a
         # failure here must not stop the restore.
+        if self.db is None:
+            return
         try:
             await asyncio.to_thread(
                 snapshots.write_snapshot,
@@ -375,8 +456,8 @@ class Operations:
     # status
 
     async def status(self) -> OperationsStatus:
-        newest_backup = await asyncio.to_thread(backups.newest_backup, self.backups_dir)
-        all_snapshots = await asyncio.to_thread(snapshots.list_snapshots, self.snapshots_dir)
+        newest_backup = await asyncio.to_thread(self.backups.newest)
+        all_snapshots = await asyncio.to_thread(snapshots.list_snapshots, self.snapshots_dir) if self.db else []
         return OperationsStatus(
             running=self.scheduler is not None and self.scheduler.running,
             busy=self._busy,
@@ -389,6 +470,8 @@ class Operations:
             job_errors=self._job_errors,
             misfires=self._misfires,
             problems=tuple(self._problems),
+            leading=self.leadership.leading if self.leadership.shared else None,
+            has_snapshots=self.db is not None,
         )
 
     def _next_run(self, job_id: str) -> datetime | None:
@@ -403,7 +486,7 @@ class Operations:
         fire_at = self._next_run(NIGHTLY_JOB_ID)
         if fire_at is None:
             return None
-        newest = await asyncio.to_thread(backups.newest_backup, self.backups_dir, "nightly")
+        newest = await asyncio.to_thread(self.backups.newest, "nightly")
         tz = ZoneInfo(self.config.backup.timezone)
         trigger = nightly_trigger(self.config.backup)
         done_day = newest.taken_at.astimezone(tz).date() if newest else None

@@ -1,14 +1,19 @@
 """The significance worker: scores memories in the background, on the bot's loop.
 
 The database is the source of truth and the worker keeps almost nothing in
-memory: it walks the unscored memories in id order from a cursor, a small
-batch at a time, with at most `concurrency` classifier calls in flight. A
-new memory only wakes it up. A memory whose call failed for a passing reason
-(an outage, a busy database) goes back to the front of the queue and is
-tried again as soon as the backoff ends. A periodic rescan (and every start)
-walks from the beginning again, so work lost to a crash or a shutdown is
-picked up without any bookkeeping. Recording a score is idempotent, so a
-memory is scored once however often it is found.
+memory. It claims the oldest unscored memories, a small batch at a time, and
+scores them with at most `concurrency` classifier calls in flight. Several
+processes may share one store: a claim is one process's at a time, renewed
+while the process holds it, and one whose process died runs out with its
+lease and is claimed by another. A new memory only wakes the worker up; when
+idle it looks again at least once a lease, for claims run out.
+
+A memory whose call failed for a passing reason (an outage, a busy database)
+goes back to the front of the queue, still claimed, and is tried again as
+soon as the backoff ends. One that failed for its own reason (an unusable
+answer, a refusal) keeps its claim for a rescan period and is then anyone's
+again. Recording a score is idempotent, so a memory is scored once however
+often it is found.
 
 Each memory has a budget of MAX_SCORING_FAILURES classifier calls that give
 no usable answer, over all its rounds; each such call is one event in the log.
@@ -19,8 +24,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
+import uuid
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from companion.llm import LLMError
@@ -34,6 +43,10 @@ BATCH_SIZE = 32
 BACKOFF_START_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 120.0
 STOP_GRACE_SECONDS = 5.0
+# How long a claim lasts without renewal: how soon another process scores what a dead one held.
+CLAIM_LEASE_SECONDS = 60.0
+# Claims are renewed this many times a lease, so one late renewal does not lose them.
+RENEWALS_PER_LEASE = 3
 # Endpoint answers that mean "not now" for every memory, not "never" for this one.
 OUTAGE_STATUSES = frozenset({401, 403, 404})
 
@@ -62,6 +75,7 @@ class SignificanceWorker:
         rescan_seconds: float,
         backoff_start_seconds: float = BACKOFF_START_SECONDS,
         backoff_max_seconds: float = BACKOFF_MAX_SECONDS,
+        lease_seconds: float = CLAIM_LEASE_SECONDS,
     ) -> None:
         self.store = store
         self.classifier = classifier
@@ -70,9 +84,15 @@ class SignificanceWorker:
         self.rescan_seconds = rescan_seconds
         self.backoff_start_seconds = backoff_start_seconds
         self.backoff_max_seconds = backoff_max_seconds
+        self.lease_seconds = lease_seconds
+        # Unique per worker: a restarted process must not mistake a dead one's claims for its own.
+        self.claimant = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._queue: deque[int] = deque()
         self._in_flight: dict[int, asyncio.Task[None]] = {}
-        self._cursor = 0
+        # Memories that failed for their own reason, and when their rest ends (monotonic): still
+        # claimed, and left alone until the claim runs out.
+        self._resting: dict[int, float] = {}
+        self._renewer: asyncio.Task[None] | None = None
         self._next_rescan = 0.0
         self._wake = asyncio.Event()
         self._slot_free = asyncio.Event()
@@ -98,39 +118,44 @@ class SignificanceWorker:
         if self._feeder is None:
             self._rescan_now()
             self._feeder = asyncio.create_task(self._feed(), name="significance-feeder")
+            self._renewer = asyncio.create_task(self._renew_claims(), name="significance-claims")
 
     async def stop(self, grace_seconds: float = STOP_GRACE_SECONDS) -> None:
         """Stop taking work; give in-flight jobs a moment, then cancel them.
 
-        Anything not finished stays unscored in the database and is picked
-        up at the next start.
+        Anything not finished stays unscored in the database, and its claim
+        is given back: another process, or the next start, picks it up.
         """
         feeder, self._feeder = self._feeder, None
-        if feeder is not None:
-            feeder.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await feeder
+        renewer, self._renewer = self._renewer, None
+        for task in (feeder, renewer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         jobs = list(self._in_flight.values())
+        cancelled: list[int] = []
         if jobs:
             await asyncio.wait(jobs, timeout=grace_seconds)
+            cancelled = list(self._in_flight)
             unfinished = await self.cancel_in_flight()
             if unfinished:
                 log.info(
                     "significance worker stopped with %d jobs unfinished; they resume at next start",
                     unfinished,
                 )
-        self._queue.clear()
+        await self._give_back_claims(cancelled)
 
     def pause(self) -> None:
         """Start no new jobs until `resume` (used while a restore runs)."""
         self._paused = True
         self._resumed.clear()
 
-    def resume(self) -> None:
-        """Carry on, walking the unscored memories from the start again."""
+    async def resume(self) -> None:
+        """Carry on, claiming afresh: the memories queued before may no longer be the same ones."""
+        await self._give_back_claims()
         self._paused = False
         self._resumed.set()
-        self._queue.clear()
         self._rescan_now()
 
     async def drain(self) -> None:
@@ -192,7 +217,6 @@ class SignificanceWorker:
         )
 
     def _rescan_now(self) -> None:
-        self._cursor = 0
         self._next_rescan = time.monotonic() + self.rescan_seconds
         self._wake.set()
 
@@ -226,14 +250,12 @@ class SignificanceWorker:
         if not self._queue:
             # Clear before looking, so a memory written meanwhile still wakes us.
             self._wake.clear()
-            ids = await self.store.unscored_memory_ids(after_id=self._cursor, limit=BATCH_SIZE)
-            ids = [i for i in ids if i not in self._in_flight]
+            ids = await self.store.claim_unscored(self.claimant, limit=BATCH_SIZE, lease_seconds=self.lease_seconds)
             if not ids:
-                await self._sleep_until_wake(self._seconds_to_rescan())
-                # Woken by a new memory: it is past the cursor, keep walking.
+                # Look again within a lease: a process that died leaves its claims to run out.
+                await self._sleep_until_wake(min(self._seconds_to_rescan(), self.lease_seconds))
                 return
             self._queue.extend(ids)
-            self._cursor = ids[-1]
         memory_id = self._queue.popleft()
         if memory_id not in self._in_flight:
             self._in_flight[memory_id] = asyncio.create_task(self._run(memory_id), name=f"score-{memory_id}")
@@ -253,11 +275,62 @@ class SignificanceWorker:
     # one job
 
     async def _run(self, memory_id: int) -> None:
+        settled = False
         try:
             await self._score(memory_id)
+            settled = True
         finally:
             self._in_flight.pop(memory_id, None)
             self._slot_free.set()
+        if settled:
+            await self._settle_claim(memory_id)
+
+    async def _settle_claim(self, memory_id: int) -> None:
+        """Keep the claim of a memory queued again; hold a resting one's for its rest; give back any other."""
+        try:
+            if memory_id in self._queue:
+                self._resting.pop(memory_id, None)
+            elif memory_id in self._resting:
+                await self.store.renew_claims(self.claimant, [memory_id], lease_seconds=self.rescan_seconds)
+            else:
+                await self.store.release_claims(self.claimant, [memory_id])
+        except StoreError as exc:
+            # The claim runs out by itself; nothing is lost.
+            log.warning("could not settle the scoring claim on memory #%s: %s", memory_id, exc)
+
+    async def _renew_claims(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_seconds / RENEWALS_PER_LEASE)
+            now = time.monotonic()
+            self._resting = {i: until for i, until in self._resting.items() if until > now}
+            held = [*self._queue, *self._in_flight]
+            if not held:
+                continue
+            try:
+                still = set(await self.store.renew_claims(self.claimant, held, lease_seconds=self.lease_seconds))
+            except StoreError as exc:
+                log.warning("could not renew %d scoring claims: %s", len(held), exc)
+                continue
+            lost = [memory_id for memory_id in self._queue if memory_id not in still]
+            for memory_id in lost:
+                # Another process holds it now; an in-flight one finishes, and its score counts once.
+                self._queue.remove(memory_id)
+            if lost:
+                log.warning("lost the scoring claims on %d queued memories to another process", len(lost))
+
+    async def _give_back_claims(self, cancelled: Sequence[int] = ()) -> None:
+        """Give back the claims on everything queued or resting (stopping, pausing): best effort, as
+        they run out anyway."""
+        # Not those in flight: their jobs settle their own claims when they end.
+        held = [*self._queue, *self._resting, *cancelled]
+        self._queue.clear()
+        self._resting.clear()
+        if not held:
+            return
+        try:
+            await self.store.release_claims(self.claimant, held)
+        except StoreError as exc:
+            log.warning("could not give back %d scoring claims: %s", len(held), exc)
 
     async def _score(self, memory_id: int) -> None:
         store = self.store
@@ -331,6 +404,8 @@ class SignificanceWorker:
         except StoreError as exc:
             log.error("could not record the scoring failure of memory #%s: %s", memory_id, exc)
             return
+        if recorded and spent + len(reasons) < MAX_SCORING_FAILURES:
+            self._resting[memory_id] = time.monotonic() + self.rescan_seconds
         if recorded and spent + len(reasons) >= MAX_SCORING_FAILURES:
             self.given_up += 1
             log.warning(

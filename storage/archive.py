@@ -1,8 +1,11 @@
 """What backups and snapshots do alike with their folders: naming files, listing them, rotating them out, reading one.
 
-Both keep dated SQLite files in a folder of their own, named so that names
-sort by time and say their kind: `<prefix>-20261129T030000Z-<kind>[-<serial>].db`,
-in UTC, with a serial from 2 on for a second file of a kind in the same second.
+Both keep dated files in a folder of their own, named so that names sort by
+time and say their kind: `<prefix>-20261129T030000Z-<kind>[-<serial>].db`, in
+UTC, with a serial from 2 on for a second file of a kind in the same second.
+The suffix says the format: `.db` for SQLite files, `.pgdump` for the
+PostgreSQL backend's backups, which may share the folder; a scheme lists,
+numbers and rotates only the files with its own suffix.
 A file is written under `TEMP_PREFIX` + its name and renamed into place.
 What each keeps in its files, and how it checks them, stays in
 `storage.backups` and `storage.snapshots`.
@@ -40,11 +43,13 @@ class NameScheme:
     prefix: str  # "memory"
     noun: str  # "backup": in messages, and its plural names the folder
     kinds: tuple[str, ...]
+    suffix: str = ".db"  # the file format; each scheme sees only its own files in a shared folder
     pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         kinds = "|".join(self.kinds)
-        pattern = rf"^{self.prefix}-(?P<stamp>\d{{8}}T\d{{6}}Z)-(?P<kind>{kinds})(?:-(?P<serial>\d+))?\.db$"
+        suffix = re.escape(self.suffix)
+        pattern = rf"^{self.prefix}-(?P<stamp>\d{{8}}T\d{{6}}Z)-(?P<kind>{kinds})(?:-(?P<serial>\d+))?{suffix}$"
         object.__setattr__(self, "pattern", re.compile(pattern))
 
     @property
@@ -53,8 +58,8 @@ class NameScheme:
 
     def name(self, kind: str, taken_at: datetime, serial: int = 1) -> str:
         stamp = taken_at.astimezone(UTC).strftime(STAMP_FORMAT)
-        suffix = f"-{serial}" if serial > 1 else ""
-        return f"{self.prefix}-{stamp}-{kind}{suffix}.db"
+        serial_part = f"-{serial}" if serial > 1 else ""
+        return f"{self.prefix}-{stamp}-{kind}{serial_part}{self.suffix}"
 
     def parse(self, name: str) -> ArchiveName | None:
         """(kind, taken_at, serial) for a file name of this scheme, or None if it is not one.

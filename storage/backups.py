@@ -17,7 +17,9 @@ Files that are only read (verifying, restoring from) are ATTACHed to an
 in-memory connection rather than opened directly: `storage.sqlite.connect`
 switches a database to WAL, which would rewrite the backup's header and
 leave `-wal`/`-shm` files beside it. Naming, listing, rotation and that
-ATTACH are shared with snapshots, in `storage.archive`.
+ATTACH are shared with snapshots, in `storage.archive`. The PostgreSQL
+backend's backups (`storage.postgres.backups`) share this folder, the
+sidecar and the listing and pruning here, under their own suffix.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -109,12 +111,45 @@ def take_backup(
     Backups named in `protect` are never pruned: the safety copy a restore
     takes first must not delete the (pre-restore) backup about to be restored.
     """
-    name, taken_at = NAMES.new_name(backups_dir, kind, now, sidecar_suffix=SIDECAR_SUFFIX)
+
+    def copy_and_check(temp: Path) -> BackupCheck:
+        copy_database(db_path, temp)
+        return verify_file(temp)
+
+    return write_backup(
+        backups_dir,
+        kind=kind,
+        now=now,
+        keep=keep,
+        protect=protect,
+        names=NAMES,
+        produce=copy_and_check,
+        about={"sqlite_version": sqlite.sqlite_version},
+        failures=(sqlite.Error, OSError),
+    )
+
+
+def write_backup(
+    backups_dir: Path,
+    *,
+    kind: str,
+    now: datetime | None,
+    keep: int | None,
+    protect: Collection[str],
+    names: NameScheme,
+    produce: Callable[[Path], BackupCheck],
+    about: dict[str, object],
+    failures: tuple[type[BaseException], ...],
+) -> BackupInfo:
+    """Either backend's way to a new backup: `produce` writes and checks the file at a temporary
+    name; then its sidecar (with `about` the backend) and the file are fsynced and renamed into
+    place, and that kind is pruned to `keep`. An exception of `failures` becomes a BackupError;
+    whatever fails, the temporary files go and every earlier backup stays as it was."""
+    name, taken_at = names.new_name(backups_dir, kind, now, sidecar_suffix=SIDECAR_SUFFIX)
     temp = backups_dir / f"{TEMP_PREFIX}{name}"
     temp_sidecar = backups_dir / f"{TEMP_PREFIX}{name}{SIDECAR_SUFFIX}"
     try:
-        copy_database(db_path, temp)
-        check = verify_file(temp)
+        check = produce(temp)
         digest = file_digest(temp)
         fsync_path(temp)
         size = temp.stat().st_size
@@ -127,22 +162,22 @@ def take_backup(
             "schema_version": check.schema_version,
             "size_bytes": size,
             "sha256": digest,
-            "sqlite_version": sqlite.sqlite_version,
+            **about,
         }
-        _write_synced(temp_sidecar, json.dumps(sidecar, indent=2).encode() + b"\n")
+        write_synced(temp_sidecar, json.dumps(sidecar, indent=2).encode() + b"\n")
         # The sidecar goes first: a backup file that exists always has its record.
         os.replace(temp_sidecar, backups_dir / f"{name}{SIDECAR_SUFFIX}")
         os.replace(temp, backups_dir / name)
         fsync_path(backups_dir)
     except BaseException as exc:
         remove_database_files(temp, temp_sidecar)
-        if isinstance(exc, sqlite.Error | OSError):
+        if isinstance(exc, failures):
             raise BackupError(f"backup failed: {_describe(exc)}") from exc
         raise
     log.info("backup %s taken: %d bytes, events up to #%d", name, size, check.last_event_id)
     if keep is not None:
         try:
-            prune_backups(backups_dir, kind=kind, keep=keep, protect={name, *protect})
+            prune_backups(backups_dir, kind=kind, keep=keep, protect={name, *protect}, names=names)
         except OSError as exc:
             # The new backup is good; old ones are simply kept a while longer.
             log.warning("could not prune old %s backups: %s", kind, exc)
@@ -175,21 +210,26 @@ def copy_database(db_path: Path, target: Path) -> None:
 
 def verify_backup(path: Path) -> BackupCheck:
     """Check a backup file and, if it has a sidecar, that it is still the file that was taken."""
+    sidecar = check_recorded(path)
+    check = verify_file(path)
+    if sidecar is not None and sidecar.get("last_event_id") != check.last_event_id:
+        raise InvalidBackup(
+            f"{path.name} holds events up to #{check.last_event_id}, but #{sidecar.get('last_event_id')} was recorded"
+        )
+    return BackupCheck(check.schema_version, check.last_event_id, checksum_checked=sidecar is not None)
+
+
+def check_recorded(path: Path) -> dict | None:
+    """The sidecar of the backup at `path`, once the file is checked to still have the size and
+    SHA-256 it records (InvalidBackup if not); None when there is no readable sidecar."""
     sidecar = read_sidecar(path)
-    checksum_checked = False
     if sidecar is not None:
         size = _size_or_none(path)
         if size != sidecar.get("size_bytes"):
             raise InvalidBackup(f"{path.name} has {size} bytes, but {sidecar.get('size_bytes')} were written")
         if file_digest(path) != sidecar.get("sha256"):
             raise InvalidBackup(f"{path.name} changed since it was taken (its checksum does not match)")
-        checksum_checked = True
-    check = verify_file(path)
-    if sidecar is not None and sidecar.get("last_event_id") != check.last_event_id:
-        raise InvalidBackup(
-            f"{path.name} holds events up to #{check.last_event_id}, but #{sidecar.get('last_event_id')} was recorded"
-        )
-    return BackupCheck(check.schema_version, check.last_event_id, checksum_checked)
+    return sidecar
 
 
 def verify_file(path: Path) -> BackupCheck:
@@ -267,13 +307,13 @@ def read_sidecar(path: Path) -> dict | None:
 # listing and pruning
 
 
-def list_backups(backups_dir: Path) -> list[BackupInfo]:
-    """Every backup, oldest first."""
+def list_backups(backups_dir: Path, *, names: NameScheme = NAMES) -> list[BackupInfo]:
+    """Every backup named by `names` (SQLite's by default), oldest first."""
     found: list[tuple[tuple[datetime, int], BackupInfo]] = []
     if not backups_dir.is_dir():
         return []
-    for path in NAMES.files_in(backups_dir):
-        parsed = parse_name(path.name)
+    for path in names.files_in(backups_dir):
+        parsed = names.parse(path.name)
         size = _size_or_none(path)
         if parsed is None or size is None:
             continue
@@ -294,35 +334,38 @@ def list_backups(backups_dir: Path) -> list[BackupInfo]:
     return [info for _, info in sorted(found, key=lambda item: item[0])]
 
 
-def find_backup(backups_dir: Path, name: str) -> BackupInfo:
-    """The backup called `name` (the `.db` may be left out); UnknownBackup if there is none."""
+def find_backup(backups_dir: Path, name: str, *, names: NameScheme = NAMES) -> BackupInfo:
+    """The backup called `name` (its suffix, `.db`, may be left out); UnknownBackup if there is none."""
     wanted = name.strip()
-    if wanted and not wanted.endswith(".db"):
-        wanted += ".db"
-    for info in list_backups(backups_dir):
+    if wanted and not wanted.endswith(names.suffix):
+        wanted += names.suffix
+    for info in list_backups(backups_dir, names=names):
         if info.name == wanted:
             return info
     raise UnknownBackup(f"No backup named {name.strip() or '(empty)'}.")
 
 
-def newest_backup(backups_dir: Path, kind: str | None = None) -> BackupInfo | None:
-    candidates = [b for b in list_backups(backups_dir) if kind is None or b.kind == kind]
+def newest_backup(backups_dir: Path, kind: str | None = None, *, names: NameScheme = NAMES) -> BackupInfo | None:
+    candidates = [b for b in list_backups(backups_dir, names=names) if kind is None or b.kind == kind]
     return candidates[-1] if candidates else None
 
 
-def prune_backups(backups_dir: Path, *, kind: str, keep: int, protect: Collection[str] = ()) -> list[str]:
+def prune_backups(
+    backups_dir: Path, *, kind: str, keep: int, protect: Collection[str] = (), names: NameScheme = NAMES
+) -> list[str]:
     """Delete the oldest backups of `kind` beyond the newest `keep`, except those named in
     `protect` (they wait for a later prune); returns the names deleted.
 
     Each kind is pruned on its own, so the nightly rotation never removes a
-    manual backup or the safety copy taken before a restore.
+    manual backup or the safety copy taken before a restore; and `names` (SQLite's by
+    default) picks the files by suffix, so the two backends' backups never prune each other.
     """
-    doomed = rotated_out(list_backups(backups_dir), kind=kind, keep=keep, protect=protect)
+    doomed = rotated_out(list_backups(backups_dir, names=names), kind=kind, keep=keep, protect=protect)
     for info in doomed:
         remove_database_files(Path(f"{info.path}{SIDECAR_SUFFIX}"), info.path)
         log.info("pruned backup %s", info.name)
     # Sidecars left by a crash between the two renames of a take.
-    for sidecar in backups_dir.glob(f"memory-*.db{SIDECAR_SUFFIX}"):
+    for sidecar in backups_dir.glob(f"{names.prefix}-*{names.suffix}{SIDECAR_SUFFIX}"):
         if not sidecar.with_suffix("").exists():
             remove_database_files(sidecar)
     if doomed:
@@ -406,7 +449,8 @@ def _continue_numbering(conn: sqlite.sqlite3.Connection, reached: int) -> None:
 # file helpers
 
 
-def _write_synced(path: Path, data: bytes) -> None:
+def write_synced(path: Path, data: bytes) -> None:
+    """Write `data` to a new file at `path` and flush it to disk."""
     with path.open("wb") as handle:
         handle.write(data)
         handle.flush()

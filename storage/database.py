@@ -122,7 +122,7 @@ class Database:
         releasing it while the thread still writes would let a turn in.
         """
         async with self._write_lock:
-            return await _outlasting_cancellation(asyncio.to_thread(work))
+            return await outlasting_cancellation(asyncio.to_thread(work))
 
     async def checkpoint(self) -> bool:
         """Fold the WAL into the main file and truncate it; False if a reader held it up.
@@ -151,7 +151,7 @@ class Database:
         would let a restore (`run_exclusively`) start beside it.
         """
         async with self._write_lock:
-            return await _outlasting_cancellation(self._writer.run(work))
+            return await outlasting_cancellation(self._writer.run(work))
 
     async def close(self) -> None:
         await self.reader.close()
@@ -167,7 +167,7 @@ class Database:
             await self.writer.close()
 
 
-async def _outlasting_cancellation(work: Coroutine[Any, Any, T]) -> T:
+async def outlasting_cancellation(work: Coroutine[Any, Any, T]) -> T:
     """Await `work`; if the caller is cancelled meanwhile, wait for `work` to end, then re-raise.
 
     `work` runs on a thread, which a cancellation cannot stop: its caller

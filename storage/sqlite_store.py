@@ -241,6 +241,13 @@ class SQLiteStore:
             if self._claims.get(memory_id, (None, 0.0))[0] == claimant:
                 del self._claims[memory_id]
 
+    async def renew_claims(self, claimant: str, memory_ids: Sequence[int], *, lease_seconds: float) -> list[int]:
+        until = time.monotonic() + lease_seconds
+        held = [i for i in memory_ids if self._claims.get(i, (None, 0.0))[0] == claimant]
+        for memory_id in held:
+            self._claims[memory_id] = (claimant, until)
+        return sorted(held)
+
     @_translated
     async def counts(self) -> MemoryCounts:
         return await stats.memory_counts(self.db.reader)
@@ -278,6 +285,13 @@ class SQLiteStore:
     @_translated
     async def record_login(self, bot_id: int, name: str) -> None:
         await identity.record_login(self.db, bot_id, name)
+
+    @_translated
+    async def last_bot_id(self) -> int | None:
+        rows = await self.db.reader.execute_fetchall(
+            "SELECT bot_id FROM bot_identity ORDER BY logged_in_at DESC LIMIT 1"
+        )
+        return int(rows[0][0]) if rows else None
 
     async def close(self) -> None:
         await self.db.close()

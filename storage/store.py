@@ -168,6 +168,11 @@ class MemoryStore(Protocol):
         """Give back `claimant`'s claims on these memories (scored, failed, or left for later)."""
         ...
 
+    async def renew_claims(self, claimant: str, memory_ids: Sequence[int], *, lease_seconds: float) -> list[int]:
+        """Extend `claimant`'s claims on these memories to `lease_seconds` from now; the ids it still
+        holds (a claim whose lease ran out stays its own until another claimant takes it)."""
+        ...
+
     async def counts(self) -> MemoryCounts:
         """How much is remembered, for /status."""
         ...
@@ -190,6 +195,10 @@ class MemoryStore(Protocol):
 
     async def record_login(self, bot_id: int, name: str) -> None:
         """Note the bot's user id, for the command-line tools that run beside it."""
+        ...
+
+    async def last_bot_id(self) -> int | None:
+        """The user id of the bot that logged in last with this store, or None if none ever did."""
         ...
 
     async def close(self) -> None: ...

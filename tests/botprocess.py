@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from storage import sqlite
@@ -19,9 +20,18 @@ TOKEN_ENV = "COMPANION_TEST_TOKEN"
 
 
 def write_config(
-    tmp_path: Path, discord_fake: FakeDiscord, llm_fake: FakeLLM, extra: str = "", *, chat: str = ""
+    tmp_path: Path,
+    discord_fake: FakeDiscord,
+    llm_fake: FakeLLM,
+    extra: str = "",
+    *,
+    chat: str = "",
+    discord: str = "",
+    storage: str = 'data_dir = "data"',
+    listen_channel_ids: Sequence[int] = (LISTEN_CHANNEL,),
 ) -> Path:
-    """A config for the fakes; `extra` goes on in [memory] (or opens its own sections), `chat` in [chat]."""
+    """A config for the fakes; `extra` goes on in [memory] (or opens its own sections), `chat` in
+    [chat], `discord` in [discord]; `storage` is the [storage] section's body."""
     path = tmp_path / "config.toml"
     path.write_text(
         f"""
@@ -29,7 +39,8 @@ def write_config(
 token_env = "{TOKEN_ENV}"
 api_base = "{discord_fake.api_base}"
 gateway_url = "{discord_fake.gateway_url}"
-listen_channel_ids = [{LISTEN_CHANNEL}]
+listen_channel_ids = {list(listen_channel_ids)}
+{discord}
 
 [llm]
 base_url = "{llm_fake.base_url}"
@@ -39,7 +50,7 @@ classifier_model = "{CLASSIFIER_MODEL}"
 timeout_seconds = 10.0
 
 [storage]
-data_dir = "data"
+{storage}
 
 [chat]
 # Tests drive many turns from one person; the tests of the per-person limit turn it on.

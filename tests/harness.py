@@ -30,6 +30,9 @@ THREAD_IN_LISTEN = 104
 B_CHANNEL = 201
 CHAT_MODEL = "fake-chat"
 CLASSIFIER_MODEL = "fake-classifier"
+BACKENDS = ("sqlite", "postgresql")
+# The environment variable the bot under test reads PostgreSQL's DSN from.
+TEST_DSN_ENV = "COMPANION_TEST_DATABASE_URL"
 SCOPE_A = Scope.for_guild(BOT_ID, GUILD_A)
 SCOPE_B = Scope.for_guild(BOT_ID, GUILD_B)
 
@@ -51,8 +54,10 @@ def build_world(fake: FakeDiscord) -> None:
     fake.add_guild(GUILD_B, "Guild B", owner_id=BOB, channel_ids=[B_CHANNEL], member_ids=[BOB, CAROL])
 
 
-def harness_config(tmp_path: Path, discord_fake: FakeDiscord, llm_fake: FakeLLM, **sections: dict[str, Any]) -> Config:
-    """A config pointing at the fakes, with fast timings; `sections` override keys."""
+def harness_config(
+    tmp_path: Path, discord_fake: FakeDiscord, llm_fake: FakeLLM, *, backend: str = "sqlite", **sections: dict[str, Any]
+) -> Config:
+    """A config pointing at the fakes, with fast timings, on `backend`; `sections` override keys."""
     document: dict[str, dict[str, Any]] = {
         "discord": {
             "api_base": discord_fake.api_base,
@@ -68,7 +73,7 @@ def harness_config(tmp_path: Path, discord_fake: FakeDiscord, llm_fake: FakeLLM,
             "timeout_seconds": 5.0,
             "max_retries": 2,
         },
-        "storage": {"data_dir": str(tmp_path / "data")},
+        "storage": {"data_dir": str(tmp_path / "data"), "backend": backend, "postgresql_dsn_env": TEST_DSN_ENV},
         "memory": {"scoring_rescan_seconds": 2.0},
         # Tests drive many turns from one person; the tests of the per-person limit turn it on.
         "chat": {"user_turns_per_minute": 0},
@@ -78,11 +83,16 @@ def harness_config(tmp_path: Path, discord_fake: FakeDiscord, llm_fake: FakeLLM,
     return parse_config(document, source=tmp_path / "config.toml")
 
 
+async def _identify_at_once(shard_id: int | None, *, initial: bool = False) -> None:
+    return None
+
+
 @dataclass
 class Harness:
     tmp_path: Path
     discord: FakeDiscord
     llm: FakeLLM
+    backend: str = "sqlite"
     config: Config | None = None
     bot: CompanionBot | None = None
     _task: asyncio.Task[None] | None = None
@@ -91,9 +101,12 @@ class Harness:
     )
 
     async def start_bot(self, **sections: dict[str, Any]) -> CompanionBot:
-        self.config = harness_config(self.tmp_path, self.discord, self.llm, **sections)
+        self.config = harness_config(self.tmp_path, self.discord, self.llm, backend=self.backend, **sections)
         connections = self.discord.connections
         self.bot = await create_bot(self.config, guild_ready_timeout=0.05)
+        if self.config.discord.sharded:
+            # discord.py spaces a process's IDENTIFYs 5 s apart, Discord's rate limit; the fake has none.
+            self.bot.before_identify_hook = _identify_at_once  # type: ignore[method-assign]
         self._task = asyncio.create_task(self.bot.start("fake-token"))
         await self._wait_connected(connections)
         return self.bot
@@ -134,11 +147,7 @@ class Harness:
     async def wait_for_memories(self, count: int, timeout: float = 10) -> None:
         assert self.bot is not None
         async with asyncio.timeout(timeout):
-            while True:
-                async with self.bot.db.reader.execute("SELECT count(*) FROM memories") as cursor:
-                    (found,) = await cursor.fetchone()
-                if found >= count:
-                    return
+            while (await self.bot.store.counts()).memories < count:
                 await asyncio.sleep(0.02)
 
     async def wait_until_scored(self, timeout: float = 15) -> None:

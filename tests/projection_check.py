@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bot import CompanionBot
 from storage import sqlite
+from storage.postgres.rebuild import projection_rows, rebuild_projections
 from storage.projections import MEMORY_COLUMNS as ALL_COLUMNS
 from storage.rebuild import rebuild_on
 from storage.schema import FTS_COLUMNS
@@ -76,3 +78,25 @@ def live_and_rebuilt(path: Path, tmp_dir: Path) -> tuple[dict, dict]:
         for suffix in ("", "-wal", "-shm"):
             Path(f"{copy_path}{suffix}").unlink(missing_ok=True)
     return live_state, rebuilt_state
+
+
+async def live_and_rebuilt_of(bot: CompanionBot, tmp_dir: Path) -> tuple[dict, dict]:
+    """(live projections, projections rebuilt from the log) of a running bot, on either backend.
+
+    PostgreSQL's rebuild runs in a transaction that is rolled back: the live projections stay as they were.
+    """
+    if bot.db is not None:
+        return live_and_rebuilt(bot.db.path, tmp_dir)
+    pool = bot.store.pool  # type: ignore[attr-defined]
+    async with pool.acquire() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            # Appends wait until the rollback: the live rows read are those the rebuild replays.
+            await conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
+            live = await projection_rows(conn)
+            await rebuild_projections(conn)
+            rebuilt = await projection_rows(conn)
+        finally:
+            await transaction.rollback()
+    return live, rebuilt

@@ -9,11 +9,9 @@ import threading
 
 import pytest
 
-from companion import operations
 from companion.operations import RESTORING_REPLY
-from storage import backups, memories
 from storage.backups import BackupError
-from storage.commands import TurnRecord, forget_memory, write_memory
+from storage.commands import TurnRecord
 from tests.fakes.discord_server import ADMINISTRATOR
 from tests.harness import ALICE, APP_OWNER, BOB, CAROL, GUILD_A, GUILD_B, LISTEN_CHANNEL, SCOPE_A
 
@@ -55,13 +53,24 @@ async def wait_for_text(interaction, needle: str, timeout: float = 15) -> str:
 
 
 async def memory_texts(bot) -> list[str]:
-    return [m.user_text for m in await memories.list_memories(bot.db.reader, SCOPE_A, limit=50)]
+    return [m.user_text for m in await bot.store.list_memories(SCOPE_A, limit=50)]
+
+
+def backup_kinds(bot) -> list[str]:
+    return [b.kind for b in bot.backend.backups.list()]
+
+
+def backup_suffix(bot) -> str:
+    """What the bot's backend's backups are named with: SQLite's `.db` files or PostgreSQL's `.pgdump` archives."""
+    return ".db" if bot.db is not None else ".pgdump"
 
 
 async def take_backup(harness) -> str:
     text = answer(await run(harness, APP_OWNER, "backup now"))
     assert text.startswith("Backup taken:"), text
-    return re.search(r"`(memory-[^`]+\.db)`", text)[1]
+    name = re.search(r"`(memory-[^`]+)`", text)[1]
+    assert name.endswith(backup_suffix(harness.bot)), name
+    return name
 
 
 async def start_restore(harness, name: str, user_id: int = APP_OWNER):
@@ -81,15 +90,18 @@ async def test_owner_backs_up_lists_and_snapshots(harness):
     listed = answer(await run(harness, APP_OWNER, "backup list", guild_id=None))  # in a DM too
     assert name in listed and "verified ✓" in listed and "<t:" in listed
     snapshot = answer(await run(harness, APP_OWNER, "snapshot now"))
-    assert snapshot.startswith("Snapshot written:") and "1 memory at event #" in snapshot
-    assert [b.kind for b in backups.list_backups(bot.config.storage.backups_dir)].count("manual") == 2
+    if bot.db is not None:
+        assert snapshot.startswith("Snapshot written:") and "1 memory at event #" in snapshot
+    else:
+        assert snapshot.startswith("Sorry, the snapshot is not available: PostgreSQL keeps none"), snapshot
+    assert backup_kinds(bot).count("manual") == 2
 
 
 async def test_non_owners_including_guild_admins_are_refused_every_admin_command(harness):
     bot = await harness.start_bot()
     harness.discord.set_member_permissions(GUILD_A, BOB, ADMINISTRATOR)
     async with asyncio.timeout(10):  # let the start-up catch-up backup land first
-        while backups.newest_backup(bot.config.storage.backups_dir, "nightly") is None:
+        while bot.backend.backups.newest("nightly") is None:
             await asyncio.sleep(0.02)
     before = sorted(p.name for p in bot.config.storage.backups_dir.iterdir())
     # Alice owns guild A; Bob administers it; neither owns the bot.
@@ -104,7 +116,8 @@ async def test_non_owners_including_guild_admins_are_refused_every_admin_command
     owner_choices = await harness.discord.autocomplete(
         APP_OWNER, "backup restore", guild_id=GUILD_A, options={}, focused="name"
     )
-    assert [c["value"] for c in owner_choices] == [b for b in reversed(before) if b.endswith(".db")]
+    assert [c["value"] for c in owner_choices] == [b for b in reversed(before) if b.endswith(backup_suffix(bot))]
+    assert owner_choices
 
 
 async def test_configured_owner_ids_are_owners_too(harness):
@@ -118,10 +131,10 @@ async def test_restore_through_the_slash_command_and_its_button(harness):
     bot = await harness.start_bot()
     await harness.say(LISTEN_CHANNEL, ALICE, "my cat is called Biscuit")
     await harness.wait_for_memories(1)
-    [before] = await memories.list_memories(bot.db.reader, SCOPE_A)
+    [before] = await bot.store.list_memories(SCOPE_A)
     name = await take_backup(harness)
     # After the backup: the cat is forgotten and a dog remembered.
-    await forget_memory(bot.db, SCOPE_A, before.id, actor_id=ALICE)
+    await bot.store.forget(SCOPE_A, before.id, actor_id=ALICE)
     await harness.say(LISTEN_CHANNEL, ALICE, "my dog is called Waffles")
     async with asyncio.timeout(10):
         while await memory_texts(bot) != ["my dog is called Waffles"]:
@@ -137,8 +150,7 @@ async def test_restore_through_the_slash_command_and_its_button(harness):
 
     assert await memory_texts(bot) == ["my cat is called Biscuit"]
     assert bot.paused_reason is None
-    kinds = [b.kind for b in backups.list_backups(bot.config.storage.backups_dir)]
-    assert "pre-restore" in kinds
+    assert "pre-restore" in backup_kinds(bot)
     reply = await harness.say(LISTEN_CHANNEL, ALICE, "are you back?")
     assert reply["content"] != RESTORING_REPLY
     await harness.wait_for_memories(2)
@@ -146,18 +158,18 @@ async def test_restore_through_the_slash_command_and_its_button(harness):
 
 
 async def test_messages_during_a_restore_get_a_short_answer(harness, monkeypatch):
-    await harness.start_bot()
+    bot = await harness.start_bot()
     await harness.say(LISTEN_CHANNEL, ALICE, "before the backup")
     await harness.wait_for_memories(1)
     name = await take_backup(harness)
     release = threading.Event()
-    real_restore = backups.restore_into
+    real_restore = bot.backend.backups.restore
 
     def slow_restore(*args):
         release.wait(10)
         real_restore(*args)
 
-    monkeypatch.setattr(backups, "restore_into", slow_restore)
+    monkeypatch.setattr(bot.backend.backups, "restore", slow_restore)
     interaction = await start_restore(harness, name)
     try:
         await harness.discord.click(APP_OWNER, interaction.original, "backup:restore:confirm")
@@ -179,18 +191,18 @@ async def test_a_memory_written_during_the_safety_backup_is_kept(harness, monkey
     await harness.wait_for_memories(1)
     name = await take_backup(harness)
     loop = asyncio.get_running_loop()
-    real_take_backup = backups.take_backup
+    real_take_backup = bot.backend.backups.take
     late = TurnRecord(SCOPE_A, LISTEN_CHANNEL, BOB, "Bob", "Mnemo", "a late turn", "answered late")
 
     def take_backup_while_a_turn_lands(*args, **kwargs):
         info = real_take_backup(*args, **kwargs)
         if kwargs.get("kind") == "pre-restore":
-            landing = asyncio.run_coroutine_threadsafe(write_memory(bot.db, late), loop)
+            landing = asyncio.run_coroutine_threadsafe(bot.store.write_turn(late), loop)
             with contextlib.suppress(concurrent.futures.TimeoutError):
                 landing.result(timeout=1.0)  # held back until the restore is done
         return info
 
-    monkeypatch.setattr(backups, "take_backup", take_backup_while_a_turn_lands)
+    monkeypatch.setattr(bot.backend.backups, "take", take_backup_while_a_turn_lands)
     interaction = await start_restore(harness, name)
     await harness.discord.click(APP_OWNER, interaction.original, "backup:restore:confirm")
     await wait_for_text(interaction, "Restored `")
@@ -216,7 +228,7 @@ async def test_a_corrupt_backup_is_refused_and_nothing_changes(harness):
     assert "That backup is not sound" in text and "checksum" in text
     assert await memory_texts(bot) == ["keep me"]
     assert bot.paused_reason is None and not bot.scoring._paused
-    assert "pre-restore" not in [b.kind for b in backups.list_backups(bot.config.storage.backups_dir)]
+    assert "pre-restore" not in backup_kinds(bot)
 
 
 async def test_unknown_names_cancel_other_owners_and_timeouts(harness, monkeypatch):
@@ -226,7 +238,7 @@ async def test_unknown_names_cancel_other_owners_and_timeouts(harness, monkeypat
     await harness.say(LISTEN_CHANNEL, ALICE, "stays as it is")
     await harness.wait_for_memories(1)
     name = await take_backup(harness)
-    count = len(backups.list_backups(bot.config.storage.backups_dir))
+    count = len(bot.backend.backups.list())
 
     # Another owner cannot answer someone else's confirmation; the asker can cancel.
     interaction = await start_restore(harness, name)
@@ -243,19 +255,19 @@ async def test_unknown_names_cancel_other_owners_and_timeouts(harness, monkeypat
     await wait_for_text(interaction, "Nothing was restored.")
     buttons = interaction.original["components"][0]["components"]
     assert all(button.get("disabled") for button in buttons)
-    assert len(backups.list_backups(bot.config.storage.backups_dir)) == count
+    assert len(bot.backend.backups.list()) == count
     assert await memory_texts(bot) == ["stays as it is"]
 
 
 async def test_status_shows_failures_and_the_numbers(harness, monkeypatch):
-    await harness.start_bot()
+    bot = await harness.start_bot()
     await harness.say(LISTEN_CHANNEL, ALICE, "one")
     await harness.wait_for_memories(1)
 
     def disk_full(*args, **kwargs):
         raise BackupError("backup failed: database or disk is full")
 
-    monkeypatch.setattr(operations.backups, "take_backup", disk_full)
+    monkeypatch.setattr(bot.backend.backups, "take", disk_full)
     failed = answer(await run(harness, APP_OWNER, "backup now"))
     assert failed == "Sorry, the backup failed: database or disk is full. Earlier backups are untouched."
 
@@ -288,6 +300,5 @@ async def test_a_restore_confirmation_pressed_during_another_restore_changes_not
         await wait_for_text(interaction, "Nothing was restored: a restore is already under way.")
     finally:
         bot.paused_reason = None
-    kinds = [b.kind for b in backups.list_backups(bot.config.storage.backups_dir)]
-    assert "pre-restore" not in kinds
+    assert "pre-restore" not in backup_kinds(bot)
     assert await memory_texts(bot) == ["stays as it is"]

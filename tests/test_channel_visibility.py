@@ -8,9 +8,8 @@ import discord
 import pytest
 
 from companion.config import ConfigError, load_config
-from storage import memories
-from storage.commands import TurnRecord, write_memory
-from tests.botprocess import write_config
+from storage.commands import TurnRecord
+from tests.backend_queries import query
 from tests.harness import (
     BOB,
     BOT_ID,
@@ -23,7 +22,7 @@ from tests.harness import (
     SCOPE_A,
     THREAD_IN_LISTEN,
 )
-from tests.test_recall_cli import run_cli
+from tests.test_recall_cli import cli_config, run_cli
 
 PRIVATE_THREAD = 105
 STAFF_THREAD = 106
@@ -34,10 +33,10 @@ MANAGE_THREADS = discord.Permissions(
 
 
 async def recorded_public(bot) -> dict[int, bool]:
-    async with bot.db.reader.execute(
-        "SELECT channel_id, public FROM channel_visibility WHERE bot_id = ? AND guild_id = ?", (BOT_ID, GUILD_A)
-    ) as cursor:
-        return {channel_id: bool(public) for channel_id, public in await cursor.fetchall()}
+    rows = await query(
+        bot, "SELECT channel_id, public FROM channel_visibility WHERE bot_id = ? AND guild_id = ?", BOT_ID, GUILD_A
+    )
+    return {channel_id: bool(public) for channel_id, public in rows}
 
 
 async def wait_for_recorded(bot, expected: dict[int, bool]) -> None:
@@ -60,10 +59,10 @@ async def start(harness, **memory):
 async def remembered(harness, channel_id: int, author_id: int, text: str) -> int:
     """Say something where the bot listens; the id of its memory."""
     bot = harness.bot
-    before = await memories.count_memories(bot.db.reader, SCOPE_A)
+    before = await bot.store.count_memories(SCOPE_A)
     await harness.say(channel_id, author_id, text)
     await harness.wait_for_memories(before + 1)
-    [memory] = await memories.list_memories(bot.db.reader, SCOPE_A, limit=1)
+    [memory] = await bot.store.list_memories(SCOPE_A, limit=1)
     return memory.id
 
 
@@ -103,7 +102,7 @@ async def test_a_private_channels_memories_never_reach_a_prompt_elsewhere(harnes
     assert "Bilby" not in await prompt_after(harness, LISTEN_CHANNEL, CAROL, "where is the party cake from?")
 
     # The command line shows what those prompts got.
-    config = write_config(tmp_path, harness.discord, harness.llm)
+    config = cli_config(harness, tmp_path)
     for channel_id, shown in ((LISTEN_CHANNEL, False), (THREAD_IN_LISTEN, False), (OTHER_CHANNEL, True)):
         code, out, err = await run_cli(
             "recall", "--guild", str(GUILD_A), "--channel", str(channel_id), "--config", str(config), "party venue"
@@ -164,7 +163,7 @@ async def test_share_across_channels_all_and_none(harness, tmp_path):
         (OTHER_CHANNEL, "the treasure is under the Kookaburra bridge"),
         (QUIET_CHANNEL, "the treasure map was drawn by Numbat Ned"),
     ):
-        await write_memory(writer.db, TurnRecord(SCOPE_A, channel_id, BOB, "Bob", "Mnemo", text, "noted"))
+        await writer.store.write_turn(TurnRecord(SCOPE_A, channel_id, BOB, "Bob", "Mnemo", text, "noted"))
     await harness.stop_bot()
 
     # "all": anything said in the server, private channels included.

@@ -3,7 +3,7 @@ the real openai SDK against the fake LLM."""
 
 import asyncio
 
-from storage import memories
+from tests.backend_queries import scalar
 from tests.fakes.llm_server import Answer, Fail, Hang, last_user_text
 from tests.harness import (
     ALICE,
@@ -20,13 +20,11 @@ from tests.harness import (
     SCOPE_B,
     THREAD_IN_LISTEN,
 )
-from tests.projection_check import live_and_rebuilt
+from tests.projection_check import live_and_rebuilt_of
 
 
 async def memory_count(harness) -> int:
-    async with harness.bot.db.reader.execute("SELECT count(*) FROM memories") as cursor:
-        (count,) = await cursor.fetchone()
-    return count
+    return await scalar(harness.bot, "SELECT count(*) FROM memories")
 
 
 async def test_answers_every_message_in_a_listen_channel_and_remembers_the_turn(harness):
@@ -36,7 +34,7 @@ async def test_answers_every_message_in_a_listen_channel_and_remembers_the_turn(
     assert reply["content"] == "Nice to meet you, Alice!"
     assert reply["message_reference"]["message_id"]
     await harness.wait_for_memories(1)
-    [memory] = await memories.list_memories(harness.bot.db.reader, SCOPE_A)
+    [memory] = await harness.bot.store.list_memories(SCOPE_A)
     assert memory.text == "Alice said: hello, I'm new here\nMnemo replied: Nice to meet you, Alice!"
     assert memory.channel_id == LISTEN_CHANNEL and memory.author_id == ALICE
     # The model took a noticeable moment, so the bot showed it was typing.
@@ -69,10 +67,10 @@ async def test_answers_in_dms_and_in_threads_of_listen_channels(harness):
     await harness.discord.wait_for_bot_messages(before + 1, channel_id=dm_channel)
     await harness.say(THREAD_IN_LISTEN, BOB, "thread talk")
     await harness.wait_for_memories(2)
-    scopes = {m.scope.kind for m in await memories.list_memories(harness.bot.db.reader, SCOPE_A)}
+    scopes = {m.scope.kind for m in await harness.bot.store.list_memories(SCOPE_A)}
     assert scopes == {"guild"}
     dm_scope = SCOPE_A.for_dm(BOT_ID, ALICE)
-    assert [m.user_text for m in await memories.list_memories(harness.bot.db.reader, dm_scope)] == ["psst, a secret"]
+    assert [m.user_text for m in await harness.bot.store.list_memories(dm_scope)] == ["psst, a secret"]
 
 
 async def test_ignores_other_bots(harness):
@@ -157,7 +155,7 @@ async def test_memories_never_reach_another_guilds_prompt(harness):
     assert "marmalade-zeppelin" not in prompts[1]
     assert "marmalade-zeppelin" in prompts[2]
     await harness.wait_for_memories(3)
-    assert await memories.count_memories(harness.bot.db.reader, SCOPE_B) == 1
+    assert await harness.bot.store.count_memories(SCOPE_B) == 1
 
 
 async def test_recall_pins_and_recent_turns_reach_the_prompt(harness):
@@ -187,7 +185,7 @@ async def test_awkward_input_is_handled(harness):
     await harness.say(LISTEN_CHANNEL, ALICE, "z\u0338\u0336a\u200b\u202elgo \x00nul 🏳️‍🌈 中文")
     await harness.say(LISTEN_CHANNEL, ALICE, f"<@{BOT_ID}>", mentions=[BOT_ID])
     await harness.wait_for_memories(4)
-    stored = [m.user_text for m in reversed(await memories.list_memories(harness.bot.db.reader, SCOPE_A))]
+    stored = [m.user_text for m in reversed(await harness.bot.store.list_memories(SCOPE_A))]
     assert stored[0] == "[attachment: cat.png]"
     assert stored[1] == "a" * 4000
     assert "\x00" not in stored[2] and "🏳️‍🌈 中文" in stored[2]
@@ -201,7 +199,7 @@ async def test_rebuild_equals_live_projections_after_a_conversation(harness, tmp
     await harness.say(B_CHANNEL, BOB, f"<@{BOT_ID}> hi", mentions=[BOT_ID])
     await harness.wait_for_memories(6)
     await harness.wait_until_scored()
-    live, rebuilt = live_and_rebuilt(harness.bot.db.path, tmp_path)
+    live, rebuilt = await live_and_rebuilt_of(harness.bot, tmp_path)
     assert live == rebuilt
     assert len(live["memories"]) == 6
 

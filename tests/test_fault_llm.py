@@ -27,6 +27,7 @@ from companion.turns import FAILURE_REPLIES
 from companion.worker import BACKOFF_START_SECONDS, SignificanceWorker
 from storage.commands import TurnRecord, write_memory
 from storage.sqlite_store import SQLiteStore
+from tests.backend_queries import check_every_memory_scored_once_of, check_store_of, memories_by_message_of
 from tests.fakes.llm_server import Action, Answer, Cut, Fail, Hang, Raw, Stall, last_user_text
 from tests.harness import (
     ALICE,
@@ -199,7 +200,6 @@ async def test_llm_faults_get_polite_replies_and_scoring_catches_up(size, harnes
     finally:
         await probe.stop()
 
-    db_path = bot.db.path
     answers = answers_by_message(discord.bot_messages)
     for message_id, kind in expected_failures.items():
         assert answers[message_id] == [FAILURE_REPLIES[kind]], f"message {message_id} ({kind})"
@@ -209,11 +209,17 @@ async def test_llm_faults_get_polite_replies_and_scoring_catches_up(size, harnes
     slowest_failure = max(answered_at[m] - sent_at[m] for m in expected_failures)
     for message_id in healthy:
         assert len(answers[message_id]) == 1 and answers[message_id][0].startswith("gladly: ")
-    remembered = memories_by_message(db_path)
+    remembered = await memories_by_message_of(bot)
     assert set(remembered) == set(healthy), "exactly the answered turns are remembered"
+    counts = await check_store_of(bot, pin_cap=8, tmp_dir=tmp_path)
+    await check_every_memory_scored_once_of(bot)
+    db_path = bot.db.path if bot.db is not None else None
     await harness.stop_bot()
-    counts = check_store(db_path, pin_cap=8, tmp_dir=tmp_path)
-    check_every_memory_scored_once(db_path)
+    if db_path is not None:
+        # And SQLite's own checks too, of its file with the bot stopped.
+        assert set(memories_by_message(db_path)) == set(healthy)
+        counts = check_store(db_path, pin_cap=8, tmp_dir=tmp_path)
+        check_every_memory_scored_once(db_path)
     assert counts.events.get("memory_significance_failed", 0) == 0, "a transient outage recorded scoring failures"
     print(
         f"LLM faults ({size.outages} outages): {len(CHAT_FAULTS)} fault kinds"

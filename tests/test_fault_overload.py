@@ -27,6 +27,7 @@ import pytest
 
 from cogs.chat import BUSY_REACTION, BUSY_REPLY
 from companion.worker import BATCH_SIZE
+from tests.backend_queries import check_every_memory_scored_once_of, check_store_of, memories_by_message_of
 from tests.botprocess import BotProcess, query, write_config
 from tests.fakes.llm_server import Answer, last_user_text
 from tests.harness import ALICE, BOB, BOT_ID, CAROL, CHAT_MODEL, LISTEN_CHANNEL
@@ -254,16 +255,20 @@ async def test_flooded_channels_tell_every_skipped_user_and_drain(flood, harness
         answered_total += len(answers)
         skipped_total += len(busy) + len(marked)
         notices += len(busy)
-    assert set(memories_by_message(bot.db.path)) == {
+    assert set(await memories_by_message_of(bot)) == {
         int(m["message_reference"]["message_id"]) for m in discord.bot_messages if m["content"] != BUSY_REPLY
     }
     assert lanes.pending() == 0
     assert peaks["pending"] <= flood.channels * MAX_PENDING_PER_CHANNEL
     assert peaks["queued"] <= BATCH_SIZE
     assert peaks["in_flight"] <= bot.config.memory.scoring_concurrency
+    counts = await check_store_of(bot, pin_cap=8, tmp_dir=tmp_path)
+    await check_every_memory_scored_once_of(bot)
     await harness.stop_bot()
-    counts = check_store(bot.db.path, pin_cap=8, tmp_dir=tmp_path)
-    check_every_memory_scored_once(bot.db.path)
+    if bot.db is not None:
+        # And SQLite's own checks too, of its file with the bot stopped.
+        counts = check_store(bot.db.path, pin_cap=8, tmp_dir=tmp_path)
+        check_every_memory_scored_once(bot.db.path)
     print(
         f"overload flood: {flood.per_channel} messages into each of {flood.channels} channels"
         f" (limit {MAX_PENDING_PER_CHANNEL}) with a {flood.llm_seconds:g}s model: {answered_total} answered,"

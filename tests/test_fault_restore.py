@@ -33,13 +33,17 @@ restore's settle window (it must not score the memory that reuses its id).
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
+import json
 import random
 import re
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from cogs.chat import BUSY_REPLY, INTERNAL_ERROR_REPLY, MEMORY_WRITE_FAILED_REPLY
@@ -47,6 +51,7 @@ from companion.context import clip
 from companion.operations import RESTORING_REPLY
 from companion.significance import MAX_TURN_CHARS
 from storage import backups, sqlite
+from tests.backend_queries import event_payloads, query, query_dsn, scalar
 from tests.fakes.discord_server import FakeDiscord
 from tests.fakes.llm_server import Answer, narrated_turn, scored_turn
 from tests.harness import (
@@ -60,7 +65,7 @@ from tests.harness import (
     LISTEN_CHANNEL,
     THREAD_IN_LISTEN,
 )
-from tests.projection_check import live_and_rebuilt
+from tests.projection_check import live_and_rebuilt, live_and_rebuilt_of
 
 EVENT_COLUMNS = "seq, kind, version, payload, recorded_at"
 
@@ -122,19 +127,102 @@ def answers(fake: FakeDiscord, message_id: int) -> list[dict]:
 
 
 def read(path: Path, sql: str, params: tuple = ()) -> list[tuple]:
-    """Read a database file (a backup or the live one) without changing it; `sql` names its tables `db.x`."""
+    """Read a SQLite database file (a backup or the live one) without changing it.
+
+    It is ATTACHed to an empty connection, where `sql`'s plain table names find its tables.
+    """
     with backups.attached(path, alias="db") as conn:
         return conn.execute(sql, params).fetchall()
 
 
-def written_message_ids(path: Path, after_seq: int = 0) -> set[int]:
-    """Discord message ids of the turns whose memory_written event is in the log at `path`."""
-    rows = read(
-        path,
-        "SELECT json_extract(payload, '$.user_message_id') FROM db.events WHERE kind = 'memory_written' AND seq > ?",
-        (after_seq,),
+async def restored_copy(dsn: str, path: Path) -> str:
+    """A new scratch database on the PostgreSQL server of `dsn` holding the pg_dump archive at `path`; its DSN."""
+    from storage.postgres.backups import find_pg_tools
+
+    assert "?" not in dsn, dsn
+    tools = await asyncio.to_thread(find_pg_tools, dsn)
+    name = f"restored_{uuid.uuid4().hex[:16]}"
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+    finally:
+        await conn.close()
+    copy = f"{dsn.rsplit('/', 1)[0]}/{name}"
+    process = await asyncio.create_subprocess_exec(
+        str(tools.pg_restore),
+        "--no-owner",
+        "--no-privileges",
+        "--exit-on-error",
+        f"--dbname={copy}",
+        str(path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
-    return {row[0] for row in rows if row[0] is not None}
+    _, err = await process.communicate()
+    assert process.returncode == 0, f"pg_restore of {path.name}: {err.decode()}"
+    return copy
+
+
+class Stored:
+    """What the live memory and the backups hold, on either backend, read without changing them.
+
+    `sql` names tables plainly and uses `?` placeholders. SQLite's files are read
+    attached (see `read`); PostgreSQL's live database through a connection of its
+    own (the bot need not run), and a backup in a scratch database it is restored
+    into once, dropped by `close`.
+    """
+
+    def __init__(self, harness) -> None:
+        self.harness = harness
+        self._copies: dict[Path, str] = {}
+
+    @property
+    def _dsn(self) -> str | None:
+        config = self.harness.config
+        return config.postgresql_dsn() if config.storage.backend == "postgresql" else None
+
+    async def live(self, sql: str, *params) -> list[tuple]:
+        if self._dsn is None:
+            return read(self.harness.config.storage.database_path, sql, params)
+        return await query_dsn(self._dsn, sql, *params)
+
+    async def backup(self, path: Path, sql: str, *params) -> list[tuple]:
+        if self._dsn is None:
+            return read(path, sql, params)
+        if path not in self._copies:
+            self._copies[path] = await restored_copy(self._dsn, path)
+        return await query_dsn(self._copies[path], sql, *params)
+
+    async def written_message_ids(self, path: Path | None, after_seq: int = 0) -> set[int]:
+        """Discord message ids of the turns whose memory_written event is in the log of the backup at
+        `path` (None: the live memory)."""
+        sql = "SELECT payload FROM events WHERE kind = 'memory_written' AND seq > ?"
+        rows = await (self.live(sql, after_seq) if path is None else self.backup(path, sql, after_seq))
+        ids = (json.loads(payload).get("user_message_id") for (payload,) in rows)
+        return {message_id for message_id in ids if message_id is not None}
+
+    async def close(self) -> None:
+        copies, self._copies = list(self._copies.values()), {}
+        if not copies:
+            return
+        conn = await asyncpg.connect(self._dsn)
+        try:
+            for copy in copies:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{copy.rsplit("/", 1)[1]}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+@pytest.fixture
+async def stored(harness):
+    reader = Stored(harness)
+    yield reader
+    await reader.close()
+
+
+def backup_name(answer: str) -> str:
+    """The name of the backup an answer to /backup now names."""
+    return re.search(r"`(memory-[^`]+\.(?:db|pgdump))`", answer)[1]
 
 
 async def owner_command(fake: FakeDiscord, name: str, **options) -> str:
@@ -160,11 +248,11 @@ class Restored:
     safety_turns: set[int]  # the turns remembered in the safety backup (it may be pruned later)
 
 
-async def restore(harness, name: str) -> Restored:
+async def restore(harness, stored: Stored, name: str) -> Restored:
     """/backup restore, confirmed with the button, while the traffic goes on."""
     fake = harness.discord
     backups_dir = harness.bot.config.storage.backups_dir
-    info = backups.find_backup(backups_dir, name)
+    info = harness.bot.backend.backups.find(name)
     interaction = await fake.invoke(APP_OWNER, "backup restore", guild_id=GUILD_A, options={"name": name})
     [confirm] = await interaction.wait_for_response(1)
     assert "every server and DM" in confirm["content"], confirm
@@ -179,20 +267,19 @@ async def restore(harness, name: str) -> Restored:
     text = interaction.text()
     seconds = float(re.search(r"Restored `[^`]+` in ([\d.]+) s", text)[1])
     safety = re.search(r"saved as `([^`]+)`", text)[1]
-    live = harness.bot.config.storage.database_path
 
     # Right now, with turns already arriving again: the backup's log is back exactly.
-    backup_events = read(info.path, f"SELECT {EVENT_COLUMNS} FROM db.events ORDER BY seq")
     seq = info.last_event_id
+    live_events = await stored.live(f"SELECT {EVENT_COLUMNS} FROM events WHERE seq <= ? ORDER BY seq", seq)
+    backup_events = await stored.backup(info.path, f"SELECT {EVENT_COLUMNS} FROM events ORDER BY seq")
     assert backup_events[-1][0] == seq if backup_events else seq == 0
-    live_events = read(live, f"SELECT {EVENT_COLUMNS} FROM db.events WHERE seq <= ? ORDER BY seq", (seq,))
     assert live_events == backup_events, f"restoring {name} did not bring its log back exactly"
     # What was written between the backup and the restore is only in the safety backup.
-    safety_turns = written_message_ids(backups_dir / safety)
-    between = written_message_ids(backups_dir / safety, after_seq=seq)
-    assert not between & written_message_ids(live), "memories from after the backup survived the restore"
+    safety_turns = await stored.written_message_ids(backups_dir / safety)
+    between = await stored.written_message_ids(backups_dir / safety, after_seq=seq)
+    assert not between & await stored.written_message_ids(None), "memories from after the backup survived the restore"
     assert no_sidecar_files(backups_dir)
-    unscored = read(info.path, "SELECT count(*) FROM db.memories WHERE significance IS NULL")[0][0]
+    unscored = (await stored.backup(info.path, "SELECT count(*) FROM memories WHERE significance IS NULL"))[0][0]
     return Restored(
         name, seq, safety, seconds, finished - clicked, clicked, finished, unscored, len(between), safety_turns
     )
@@ -205,7 +292,7 @@ def no_sidecar_files(directory: Path) -> bool:
     return True
 
 
-async def restore_under_load(harness, *, restores: int, seed: int) -> dict:
+async def restore_under_load(harness, stored: Stored, *, restores: int, seed: int) -> dict:
     rng = random.Random(seed)
     slow = random.Random(seed + 1)
     # The classifier is slow until the last restore, so a backlog builds up and
@@ -224,6 +311,7 @@ async def restore_under_load(harness, *, restores: int, seed: int) -> dict:
     )
     fake = harness.discord
     config = bot.config.storage
+    target = bot.backend.backups
     load = Load(
         fake,
         [
@@ -242,21 +330,20 @@ async def restore_under_load(harness, *, restores: int, seed: int) -> dict:
             await asyncio.sleep(rng.uniform(0.6, 1.2) if round_ == 0 else rng.uniform(0.2, 0.8))
             answer = await owner_command(fake, "backup now")
             assert answer.startswith("Backup taken:"), answer
-            taken.append(re.search(r"`(memory-[^`]+\.db)`", answer)[1])
+            taken.append(backup_name(answer))
             await asyncio.sleep(rng.uniform(0.5, 1.0) if round_ == 0 else rng.uniform(0.1, 0.6))
             # The first restore takes the backup just made; later ones any earlier backup.
             if round_ == 0:
                 name = taken[-1]
             else:
-                name = rng.choice([b.name for b in backups.list_backups(config.backups_dir)])
-            done.append(await restore(harness, name))
+                name = rng.choice([b.name for b in target.list()])
+            done.append(await restore(harness, stored, name))
         classifier["delay"] = 0.0
         await asyncio.sleep(0.8)
     finally:
         await load.finish()
     await harness.wait_until_scored(timeout=60)
 
-    live = config.database_path
     last = done[-1]
     # Every message got exactly one answer: a reply, or the restoring notice.
     outcomes: dict[int, str] = {}
@@ -266,7 +353,7 @@ async def restore_under_load(harness, *, restores: int, seed: int) -> dict:
         assert got[0] not in (INTERNAL_ERROR_REPLY, MEMORY_WRITE_FAILED_REPLY, BUSY_REPLY), got
         outcomes[sent.message_id] = "restoring" if got[0] == RESTORING_REPLY else "answered"
     answered_at = {s.message_id: answers(fake, s.message_id)[0]["time"] for s in load.sent}
-    in_live = written_message_ids(live)
+    in_live = await stored.written_message_ids(None)
     everywhere = set(in_live)
     for restored in done:
         everywhere |= restored.safety_turns
@@ -277,44 +364,46 @@ async def restore_under_load(harness, *, restores: int, seed: int) -> dict:
     after_last = {m for m in answered if answered_at[m] > last.finished_at}
     assert after_last <= in_live, "a turn answered after the restore is missing"
     # The live log is the last backup's log plus turns and scores from after the restore.
-    after = read(live, "SELECT kind, count(*) FROM db.events WHERE seq > ? GROUP BY kind", (last.backup_seq,))
+    after = await stored.live("SELECT kind, count(*) FROM events WHERE seq > ? GROUP BY kind", last.backup_seq)
     assert set(dict(after)) <= {"memory_written", "memory_significance_set", "memory_pin_changed"}, after
-    assert written_message_ids(live, after_seq=last.backup_seq) <= {
+    assert await stored.written_message_ids(None, after_seq=last.backup_seq) <= {
         m for m in answered if answered_at[m] > last.clicked_at
     }, "the live log holds a turn from before the restore"
 
     # The queue was rebuilt: every memory scored, once.
-    ids = [row[0] for row in read(live, "SELECT id FROM db.memories")]
-    assert read(live, "SELECT count(*) FROM db.memories WHERE significance IS NULL") == [(0,)]
-    scores = dict(
-        read(
-            live,
-            "SELECT json_extract(payload, '$.memory_id'), count(*) FROM db.events"
-            " WHERE kind = 'memory_significance_set' GROUP BY 1",
-        )
-    )
+    ids = [row[0] for row in await stored.live("SELECT id FROM memories")]
+    assert await stored.live("SELECT count(*) FROM memories WHERE significance IS NULL") == [(0,)]
+    scores = collections.Counter(p["memory_id"] for p in await event_payloads(bot, "memory_significance_set"))
     assert {i: scores.get(i, 0) for i in ids} == dict.fromkeys(ids, 1), "a memory scored twice or never"
-    for memory_id, author, user_text, reply, significance in read(
-        live, "SELECT id, author_name, user_text, reply_text, significance FROM db.memories"
+    for memory_id, author, user_text, reply, significance in await stored.live(
+        "SELECT id, author_name, user_text, reply_text, significance FROM memories"
     ):
         expected = score_for(narrated_turn(author, clip(user_text, MAX_TURN_CHARS), clip(reply, MAX_TURN_CHARS)))
         assert significance == expected, f"memory #{memory_id} has another memory's score"
     rescored = sum(r.unscored_in_backup for r in done)
 
+    if bot.db is None:
+        # PostgreSQL: the projections equal a replay of the log (the bot is quiet now).
+        live_state, rebuilt = await live_and_rebuilt_of(bot, harness.tmp_path)
+        assert live_state == rebuilt
     await harness.stop_bot()
-    data_dir = live.parent
-    leftovers = sorted(p.name for p in data_dir.iterdir() if p.name.endswith(("-wal", "-shm", "-journal")))
-    assert leftovers == [], leftovers
     assert no_sidecar_files(config.backups_dir)
-    conn = sqlite.connect(live, query_only=True)
-    try:
-        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-    finally:
-        conn.close()
-    live_state, rebuilt = live_and_rebuilt(live, harness.tmp_path)
-    assert live_state == rebuilt
-    for info in backups.list_backups(config.backups_dir):
-        backups.verify_backup(info.path)
+    if bot.db is not None:
+        # SQLite: no file left beside the closed database, which is sound and equals a replay of its log.
+        live = config.database_path
+        leftovers = sorted(p.name for p in live.parent.iterdir() if p.name.endswith(("-wal", "-shm", "-journal")))
+        assert leftovers == [], leftovers
+        conn = sqlite.connect(live, query_only=True)
+        try:
+            assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        finally:
+            conn.close()
+        live_state, rebuilt = live_and_rebuilt(live, harness.tmp_path)
+        assert live_state == rebuilt
+    all_backups = target.list()
+    assert any(info.name.endswith(".pgdump" if bot.db is None else ".db") for info in all_backups)
+    for info in all_backups:
+        await asyncio.to_thread(target.verify, info.path)  # blocks; PostgreSQL's runs its own event loop
     return {
         "restores": len(done),
         "restore_seconds": [round(r.seconds, 2) for r in done],
@@ -325,24 +414,26 @@ async def restore_under_load(harness, *, restores: int, seed: int) -> dict:
         "rolled_back_memories": sum(r.rolled_back for r in done),
         "unscored_in_restored_backups": rescored,
         "memories_at_end": len(ids),
-        "backups": len(backups.list_backups(config.backups_dir)),
+        "backups": len(all_backups),
     }
 
 
-async def test_restore_under_load(harness):
-    report = await restore_under_load(harness, restores=1, seed=7)
+async def test_restore_under_load(harness, stored):
+    report = await restore_under_load(harness, stored, restores=1, seed=7)
     print(f"\nrestore under load (short): {report}")
     assert report["unscored_in_restored_backups"] >= 1, "the backup held no unscored memory; slow the classifier"
 
 
 @pytest.mark.soak
 @pytest.mark.timeout(600)
-async def test_restore_soak(harness):
-    report = await restore_under_load(harness, restores=60, seed=11)
+async def test_restore_soak(harness, stored):
+    report = await restore_under_load(harness, stored, restores=60, seed=11)
     print(f"\nrestore under load (soak): {report}")
 
 
-async def test_a_score_still_in_flight_when_the_restore_copies_is_not_given_to_another_memory(harness, monkeypatch):
+async def test_a_score_still_in_flight_when_the_restore_copies_is_not_given_to_another_memory(
+    harness, stored, monkeypatch
+):
     """A classifier call that outlives the restore's settle window must not score another memory:
     ids are not reused after a restore, and the rolled-back one is gone."""
     from companion import operations
@@ -361,49 +452,53 @@ async def test_a_score_still_in_flight_when_the_restore_copies_is_not_given_to_a
     await harness.say(LISTEN_CHANNEL, ALICE, "good morning")
     await harness.wait_for_memories(1)
     await harness.wait_until_scored()
-    name = re.search(r"`(memory-[^`]+\.db)`", await owner_command(harness.discord, "backup now"))[1]
+    name = backup_name(await owner_command(harness.discord, "backup now"))
     await harness.say(LISTEN_CHANNEL, ALICE, "the wedding is off")
     await harness.wait_for_memories(2)
     await harness.llm.wait_for_requests(2, model=CLASSIFIER_MODEL)  # its score is being asked for
-    rolled_back_id = (await (await bot.db.reader.execute("SELECT max(id) FROM memories")).fetchone())[0]
+    rolled_back_id = await scalar(bot, "SELECT max(id) FROM memories")
 
-    await restore(harness, name)
+    await restore(harness, stored, name)
     await harness.say(LISTEN_CHANNEL, ALICE, "nice weather today")
     await harness.wait_for_memories(2)
     await harness.wait_until_scored()
-    async with bot.db.reader.execute("SELECT id, user_text, significance, pinned FROM memories ORDER BY id") as cur:
-        rows = await cur.fetchall()
+    rows = await query(bot, "SELECT id, user_text, significance, pinned FROM memories ORDER BY id")
     assert [row[1] for row in rows] == ["good morning", "nice weather today"]
     assert rows[1][0] > rolled_back_id, "an id people saw before the restore now names another memory"
     assert rows[1][2:] == (0, 0), f"the new memory got the rolled-back memory's score: {rows[1]}"
 
 
-async def test_restoring_the_oldest_safety_backup_does_not_prune_it_first(harness, capsys):
+async def test_restoring_the_oldest_safety_backup_does_not_prune_it_first(harness, stored, capsys):
     """With `keep` pre-restore backups on disk, restoring the oldest one takes a new safety
     backup first; pruning for it must not delete the backup being restored (slash command and CLI)."""
     import cli
 
     bot = await harness.start_bot(backup={"keep": 2})
-    backups_dir = bot.config.storage.backups_dir
+    target = bot.backend.backups
     await harness.say(LISTEN_CHANNEL, ALICE, "the first thing")
     await harness.wait_for_memories(1)
-    name = re.search(r"`(memory-[^`]+\.db)`", await owner_command(harness.discord, "backup now"))[1]
+    name = backup_name(await owner_command(harness.discord, "backup now"))
     await harness.say(LISTEN_CHANNEL, ALICE, "the second thing")
     await harness.wait_for_memories(2)
-    first_safety = (await restore(harness, name)).safety  # holds both things
-    await restore(harness, name)
-    safeties = [b.name for b in backups.list_backups(backups_dir) if b.kind == "pre-restore"]
+    first_safety = (await restore(harness, stored, name)).safety  # holds both things
+    await restore(harness, stored, name)
+    safeties = [b.name for b in target.list() if b.kind == "pre-restore"]
     assert safeties[0] == first_safety and len(safeties) == 2
 
-    await restore(harness, first_safety)
-    async with bot.db.reader.execute("SELECT user_text FROM memories ORDER BY id") as cursor:
-        assert [row[0] for row in await cursor.fetchall()] == ["the first thing", "the second thing"]
+    await restore(harness, stored, first_safety)
+    rows = await query(bot, "SELECT user_text FROM memories ORDER BY id")
+    assert [text for (text,) in rows] == ["the first thing", "the second thing"]
 
     # The command line, with the bot stopped, the same way round.
     await harness.stop_bot()
-    oldest = next(b.name for b in backups.list_backups(backups_dir) if b.kind == "pre-restore")
+    oldest = next(b.name for b in target.list() if b.kind == "pre-restore")
     config = harness.tmp_path / "config.toml"
-    config.write_text('[storage]\ndata_dir = "data"\n\n[backup]\nkeep = 2\n', encoding="utf-8")
+    storage = harness.config.storage  # on PostgreSQL, its DSN is in the environment variable named
+    config.write_text(
+        f'[storage]\ndata_dir = "data"\nbackend = "{storage.backend}"\n'
+        f'postgresql_dsn_env = "{storage.postgresql_dsn_env}"\n\n[backup]\nkeep = 2\n',
+        encoding="utf-8",
+    )
     code = await asyncio.to_thread(cli.main, ["backup", "restore", oldest, "--config", str(config)])
     out, err = capsys.readouterr()
     assert code == 0, err

@@ -34,8 +34,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cogs.chat import INTERNAL_ERROR_REPLY
-from storage.commands import TurnRecord, forget_memory, record_significance, write_memory
+from storage.commands import TurnRecord
 from storage.scope import Scope
+from tests.backend_queries import scalar
 from tests.fakes.discord_server import FakeDiscord
 from tests.fakes.llm_server import Answer, last_user_text
 from tests.harness import (
@@ -189,12 +190,13 @@ async def world(harness):
     for name, (scope, author, text) in seeds.items():
         channel = B_CHANNEL if scope == SCOPE_B else LISTEN_CHANNEL  # DMs' channel is no matter here
         record = TurnRecord(scope, channel, author, f"user{author}", "Mnemo", text, "noted")
-        memory_id = await write_memory(bot.db, record)
+        memory_id = await bot.store.write_turn(record)
         ids[name], scopes[memory_id], authors[memory_id] = memory_id, scope, author
-        await record_significance(bot.db, memory_id, 3 if name in ("a-secret", "alice-dm") else 1, model="m", pin_cap=8)
-    await forget_memory(bot.db, SCOPE_B, ids["forgotten"], actor_id=BOB)
+        score = 3 if name in ("a-secret", "alice-dm") else 1
+        await bot.store.record_significance(memory_id, score, model="m", pin_cap=8)
+    await bot.store.forget(SCOPE_B, ids["forgotten"], actor_id=BOB)
     del scopes[ids["forgotten"]]
-    bot.scoring.resume()
+    await bot.scoring.resume()
     world = World(harness, harness.discord, ids, scopes, authors, llm_mark=len(harness.llm.requests))
     yield world
     print(f"\nfuzz outcomes: {dict(sorted(world.stats.items()))}")
@@ -251,11 +253,7 @@ async def send_and_wait(world: World, content: str, author: int, where: str, eve
             ]
             if replies:
                 assert replies[0]["content"] != INTERNAL_ERROR_REPLY
-                async with bot.db.reader.execute(
-                    "SELECT count(*) FROM memories WHERE user_message_id = ?", (message_id,)
-                ) as cursor:
-                    (stored,) = await cursor.fetchone()
-                if stored:
+                if await scalar(bot, "SELECT count(*) FROM memories WHERE user_message_id = ?", message_id):
                     return
             await asyncio.sleep(0.01)
 

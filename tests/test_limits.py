@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from companion.limits import TurnRateLimit
+from tests.backend_queries import query
 from tests.fakes.llm_server import Answer
 from tests.harness import (
     ALICE,
@@ -38,8 +39,8 @@ async def test_one_person_over_the_limit_is_told_once_and_the_rest_is_skipped(ha
     assert len(replies) == 4, replies  # the burst of 3, and one notice for the 3 skipped
     assert [r for r in replies if r.startswith("I hear you")] == [f"I hear you: Alice: flood {i}" for i in range(3)]
     assert sum(r.startswith(OVER_LIMIT) for r in replies) == 1
-    async with bot.db.reader.execute("SELECT user_text FROM memories ORDER BY id") as cursor:
-        assert [row[0] for row in await cursor.fetchall()] == ["flood 0", "flood 1", "flood 2"]
+    stored = await query(bot, "SELECT user_text FROM memories ORDER BY id")
+    assert [text for (text,) in stored] == ["flood 0", "flood 1", "flood 2"]
 
     # Someone else in the same server, and the same person in their DMs, are not held back.
     reply = await harness.say(LISTEN_CHANNEL, BOB, "my turn")

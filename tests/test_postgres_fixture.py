@@ -26,8 +26,8 @@ async def test_cluster_answers_on_loopback(postgres_cluster):
 
 
 @pytest.mark.parametrize("turn", ["first", "second"])
-async def test_each_test_gets_its_own_empty_database(postgres_dsn, turn):
-    conn = await asyncpg.connect(postgres_dsn)
+async def test_each_test_gets_its_own_empty_database(empty_postgres_dsn, turn):
+    conn = await asyncpg.connect(empty_postgres_dsn)
     try:
         name = await conn.fetchval("SELECT current_database()")
         tables = await conn.fetch(USER_TABLES)
@@ -38,6 +38,17 @@ async def test_each_test_gets_its_own_empty_database(postgres_dsn, turn):
     assert name not in seen_databases
     seen_databases.add(name)
     assert tables == []
+
+
+async def test_a_migrated_database_has_the_bots_schema_and_nothing_else(postgres_dsn):
+    conn = await asyncpg.connect(postgres_dsn)
+    try:
+        tables = {row[0] for row in await conn.fetch(USER_TABLES)}
+        events = await conn.fetchval("SELECT count(*) FROM events")
+    finally:
+        await conn.close()
+    assert {"events", "memories", "schema_migrations", "scoring_claims"} <= tables
+    assert events == 0
 
 
 async def test_database_is_dropped_after_its_test_even_with_a_session_open(postgres_cluster):

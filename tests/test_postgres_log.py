@@ -52,8 +52,8 @@ async def append_all(conn, *events) -> list[int]:
         return [await append(conn, event) for event in events]
 
 
-async def test_migrations_run_once_even_when_processes_start_together(postgres_dsn):
-    connections = [await asyncpg.connect(postgres_dsn) for _ in range(3)]
+async def test_migrations_run_once_even_when_processes_start_together(empty_postgres_dsn):
+    connections = [await asyncpg.connect(empty_postgres_dsn) for _ in range(3)]
     try:
         assert await asyncio.gather(*(schema.migrate(c) for c in connections)) == [schema.LATEST_VERSION] * 3
         assert await connections[0].fetchval("SELECT count(*) FROM schema_migrations") == len(schema.MIGRATIONS)

@@ -3,9 +3,8 @@
 import asyncio
 import json
 
-from storage import memories, search
 from storage.scope import Scope
-from tests.botprocess import write_config
+from tests.backend_queries import event_payloads, execute, tables_holding
 from tests.fakes.llm_server import Answer
 from tests.harness import (
     ALICE,
@@ -22,8 +21,8 @@ from tests.harness import (
     SCOPE_B,
     THREAD_IN_LISTEN,
 )
-from tests.projection_check import live_and_rebuilt
-from tests.test_recall_cli import run_cli
+from tests.projection_check import live_and_rebuilt_of
+from tests.test_recall_cli import cli_config, run_cli
 
 OTHER_THREAD = 107
 
@@ -35,14 +34,25 @@ async def wait_until(predicate, timeout: float = 10) -> None:
 
 
 async def memory_texts(bot) -> list[str]:
-    return [m.user_text for m in reversed(await memories.list_memories(bot.db.reader, SCOPE_A, limit=100))]
+    return [m.user_text for m in reversed(await bot.store.list_memories(SCOPE_A, limit=100))]
 
 
 async def forgotten_reasons(bot) -> list[str]:
-    async with bot.db.reader.execute(
-        "SELECT json_extract(payload, '$.reason') FROM events WHERE kind = 'memory_forgotten' ORDER BY seq"
-    ) as cursor:
-        return [row[0] for row in await cursor.fetchall()]
+    return [payload.get("reason") for payload in await event_payloads(bot, "memory_forgotten")]
+
+
+async def assert_stored_nowhere(bot, *words: str, snapshots: bool = False) -> None:
+    """No byte of the checkpointed SQLite database (and, with `snapshots`, of any snapshot) holds any of
+    `words`; on PostgreSQL, no row of any table. Give the index's stems too."""
+    await bot.store.checkpoint()
+    if bot.db is None:
+        assert await tables_holding(bot, *words) == []
+        return
+    paths = [bot.db.path, *(bot.config.storage.snapshots_dir.glob("*.db") if snapshots else [])]
+    for path in paths:
+        data = path.read_bytes()
+        for word in words:
+            assert word.encode() not in data, (word, path.name)
 
 
 async def chat(harness, author_id: int, text: str) -> tuple[dict, dict]:
@@ -59,22 +69,23 @@ async def test_a_deleted_message_takes_its_memory_with_it_everywhere(harness, tm
     address, _ = await chat(harness, ALICE, "my home address is 12 Quokkaflange Lane")
     await chat(harness, BOB, "nice weather today")
     await harness.wait_until_scored()
-    await bot.operations.snapshot_now(kind="manual")
+    if bot.db is not None:  # PostgreSQL keeps no snapshots
+        await bot.operations.snapshot_now(kind="manual")
 
     harness.discord.delete_message(int(address["id"]))
     await wait_until(lambda: _gone(bot, "Quokkaflange"))
     assert await memory_texts(bot) == ["nice weather today"]
     assert await forgotten_reasons(bot) == ["deleted in Discord"]
-    assert await search.search(bot.db.reader, SCOPE_A, "Quokkaflange address", 10) == []
+    assert await bot.store.search(SCOPE_A, "Quokkaflange address", 10) == []
     # Not in the next prompt.
     await harness.say(LISTEN_CHANNEL, BOB, "where does Alice live again? her address?")
     assert "Quokkaflange" not in json.dumps(harness.llm.requests_for(CHAT_MODEL)[-1].body["messages"])
-    # Nor in a byte of the checkpointed database or the snapshot.
-    await bot.db.checkpoint()
-    for path in [bot.db.path, *bot.config.storage.snapshots_dir.glob("*.db")]:
-        assert b"Quokkaflange" not in path.read_bytes(), path.name
-        assert b"quokkaflang" not in path.read_bytes(), path.name  # its stem in the index
-    live, rebuilt = live_and_rebuilt(bot.db.path, tmp_path)
+    # Once that turn is remembered and scored: on PostgreSQL the rebuild below reads the live log as it goes.
+    await harness.wait_for_memories(2)
+    await harness.wait_until_scored()
+    # Nor in a byte of the checkpointed database or the snapshot (on PostgreSQL, in a row); nor its stem.
+    await assert_stored_nowhere(bot, "Quokkaflange", "quokkaflang", snapshots=True)
+    live, rebuilt = await live_and_rebuilt_of(bot, tmp_path)
     assert live == rebuilt
 
 
@@ -120,7 +131,7 @@ async def _gone(bot, word: str) -> bool:
 
 
 async def _count_is(bot, count: int) -> bool:
-    return await memories.count_memories(bot.db.reader, SCOPE_A) == count
+    return await bot.store.count_memories(SCOPE_A) == count
 
 
 async def test_a_deleted_channel_or_thread_takes_its_memories_with_it(harness):
@@ -142,9 +153,7 @@ async def test_a_deleted_channel_or_thread_takes_its_memories_with_it(harness):
     await wait_until(lambda: _count_is(bot, 1))
     assert await memory_texts(bot) == ["the listen channel stays"]
     assert await forgotten_reasons(bot) == ["its channel was deleted in Discord"] * 3
-    await bot.db.checkpoint()
-    for word in (b"pier", b"lantern", b"ferry"):
-        assert word not in bot.db.path.read_bytes()
+    await assert_stored_nowhere(bot, "pier", "lantern", "ferry")
 
 
 async def test_a_server_that_removes_the_bot_is_forgotten_after_the_grace_period(harness):
@@ -154,7 +163,7 @@ async def test_a_server_that_removes_the_bot_is_forgotten_after_the_grace_period
     await harness.wait_for_memories(2)
     harness.discord.remove_bot_from_guild(GUILD_B)
     await wait_until(lambda: _scope_count_is(bot, SCOPE_B, 0))
-    assert await memories.count_memories(bot.db.reader, SCOPE_A) == 1
+    assert await bot.store.count_memories(SCOPE_A) == 1
     assert await forgotten_reasons(bot) == ["the bot was removed from the server"]
 
 
@@ -166,7 +175,7 @@ async def test_a_server_that_adds_the_bot_back_within_the_grace_period_keeps_its
     await wait_until(lambda: _departed(bot, [GUILD_B]))
     harness.discord.add_guild(GUILD_B, "Guild B", owner_id=BOB, channel_ids=[B_CHANNEL], member_ids=[BOB, CAROL])
     await wait_until(lambda: _departed(bot, []))
-    assert await memories.count_memories(bot.db.reader, SCOPE_B) == 1
+    assert await bot.store.count_memories(SCOPE_B) == 1
 
 
 async def test_a_removal_while_the_bot_was_away_is_caught_up_on_at_start(harness):
@@ -180,22 +189,21 @@ async def test_a_removal_while_the_bot_was_away_is_caught_up_on_at_start(harness
         harness.discord.channels.pop(channel_id, None)
     bot = await harness.start_bot()
     await wait_until(lambda: _departed(bot, [GUILD_B]))
-    assert await memories.count_memories(bot.db.reader, SCOPE_B) == 1  # within the grace period
+    assert await bot.store.count_memories(SCOPE_B) == 1  # within the grace period
     # Eight days on, the next start forgets them.
     await harness.stop_bot()
     bot = await harness.start_bot(privacy={"removed_guild_grace_days": 7})
-    await bot.db.writer.execute("UPDATE departed_guilds SET departed_at = departed_at - 8 * 86400")
+    await execute(bot, "UPDATE departed_guilds SET departed_at = departed_at - 8 * 86400")
     await bot.get_cog("Privacy").purge_due()
-    assert await memories.count_memories(bot.db.reader, SCOPE_B) == 0
+    assert await bot.store.count_memories(SCOPE_B) == 0
 
 
 async def _scope_count_is(bot, scope, count: int) -> bool:
-    return await memories.count_memories(bot.db.reader, scope) == count
+    return await bot.store.count_memories(scope) == count
 
 
 async def _departed(bot, guild_ids: list[int]) -> bool:
-    async with bot.db.reader.execute("SELECT guild_id FROM departed_guilds ORDER BY guild_id") as cursor:
-        return [row[0] for row in await cursor.fetchall()] == guild_ids
+    return sorted(await bot.store.departures(BOT_ID)) == guild_ids
 
 
 async def test_forget_me_forgets_what_the_invoker_said_here_after_showing_the_count(harness):
@@ -214,10 +222,9 @@ async def test_forget_me_forgets_what_the_invoker_said_here_after_showing_the_co
         while "Forgotten 2 memories" not in interaction.original["content"]:
             await asyncio.sleep(0.02)
     assert await memory_texts(bot) == ["alice's own"]
-    assert await memories.count_memories(bot.db.reader, SCOPE_B) == 1  # another server's are not "here"
+    assert await bot.store.count_memories(SCOPE_B) == 1  # another server's are not "here"
     assert await forgotten_reasons(bot) == ["forget-me", "forget-me"]
-    await bot.db.checkpoint()
-    assert b"Quokkabank" not in bot.db.path.read_bytes()
+    await assert_stored_nowhere(bot, "Quokkabank")
 
 
 async def test_export_sends_the_invoker_only_their_own_memories_here(harness):
@@ -245,17 +252,17 @@ async def test_owners_forget_a_person_who_left_from_the_command_line(harness, tm
     await harness.say(B_CHANNEL, BOB, f"<@{BOT_ID}> bob in B", mentions=[BOT_ID])
     await harness.discord.send_message(harness.discord.dm_channel_id(BOB), BOB, "bob in his DMs")
     await harness.wait_for_memories(4)
-    config = write_config(tmp_path, harness.discord, harness.llm)
+    config = cli_config(harness, tmp_path)
 
     code, out, err = await run_cli("forget", "--user", str(BOB), "--guild", str(GUILD_B), "--config", str(config))
     assert code == 0, err
     assert out.strip().endswith(f"forgot 1 memories of user {BOB} in server {GUILD_B}")
-    assert await memories.count_memories(bot.db.reader, SCOPE_B) == 0
+    assert await bot.store.count_memories(SCOPE_B) == 0
     code, out, err = await run_cli("forget", "--user", str(BOB), "--config", str(config))
     assert code == 0, err
     assert out.strip().endswith(f"forgot 2 memories of user {BOB} in any server or their DMs")
     assert await memory_texts(bot) == ["alice in A"]
-    assert await memories.count_memories(bot.db.reader, Scope.for_dm(BOT_ID, BOB)) == 0
+    assert await bot.store.count_memories(Scope.for_dm(BOT_ID, BOB)) == 0
 
 
 async def test_an_edit_replaces_the_text_everywhere(harness, tmp_path):
@@ -264,13 +271,14 @@ async def test_an_edit_replaces_the_text_everywhere(harness, tmp_path):
     harness.llm.script(CHAT_MODEL, Answer("Congratulations on the new flat!"))
     sent, _ = await chat(harness, ALICE, "my new flat is at 7 Wombatwhistle Road")
     await harness.wait_until_scored()
-    [old] = await memories.list_memories(bot.db.reader, SCOPE_A)
+    [old] = await bot.store.list_memories(SCOPE_A)
     await run_command(harness, ALICE, "memory pin", id=old.id)
-    await bot.operations.snapshot_now(kind="manual")
+    if bot.db is not None:  # PostgreSQL keeps no snapshots
+        await bot.operations.snapshot_now(kind="manual")
 
     harness.discord.edit_message(int(sent["id"]), "my new flat is somewhere in the north, never mind")
     await wait_until(lambda: _gone(bot, "Wombatwhistle"))
-    [new] = await memories.list_memories(bot.db.reader, SCOPE_A)
+    [new] = await bot.store.list_memories(SCOPE_A)
     assert new.user_text == "my new flat is somewhere in the north, never mind"
     assert (new.user_message_id, new.created_at, new.reply_text) == (
         old.user_message_id,
@@ -279,12 +287,11 @@ async def test_an_edit_replaces_the_text_everywhere(harness, tmp_path):
     )
     assert new.pinned and new.pin_auto is False  # the manual pin stays with the memory
     assert await forgotten_reasons(bot) == ["edited in Discord"]
-    assert [h.memory.id for h in await search.search(bot.db.reader, SCOPE_A, "north flat", 5)] == [new.id]
-    assert await search.search(bot.db.reader, SCOPE_A, "Wombatwhistle", 5) == []
-    await bot.db.checkpoint()
-    for path in [bot.db.path, *bot.config.storage.snapshots_dir.glob("*.db")]:
-        assert b"Wombatwhistle" not in path.read_bytes() and b"wombatwhistl" not in path.read_bytes(), path.name
-    live, rebuilt = live_and_rebuilt(bot.db.path, tmp_path)
+    assert [h.memory.id for h in await bot.store.search(SCOPE_A, "north flat", 5)] == [new.id]
+    assert await bot.store.search(SCOPE_A, "Wombatwhistle", 5) == []
+    await assert_stored_nowhere(bot, "Wombatwhistle", "wombatwhistl", snapshots=True)
+    await harness.wait_until_scored()  # quiet: on PostgreSQL the rebuild reads the live log as it goes
+    live, rebuilt = await live_and_rebuilt_of(bot, tmp_path)
     assert live == rebuilt
     # Deleting the edited message still forgets its memory.
     harness.discord.delete_message(int(sent["id"]))
@@ -308,8 +315,8 @@ async def test_forgetting_a_memory_offers_the_later_ones_that_drew_on_it(harness
     # The bot repeats it in the next turn: that memory's prompt held the first one.
     harness.llm.script(CHAT_MODEL, Answer("Sure: your locker code is 4-8-15-16."))
     await chat(harness, ALICE, "what was my locker code again?")
-    first, second = [m.id for m in reversed(await memories.list_memories(bot.db.reader, SCOPE_A))]
-    assert [m.id for m in await memories.drawing_on(bot.db.reader, SCOPE_A, first)] == [second]
+    first, second = [m.id for m in reversed(await bot.store.list_memories(SCOPE_A))]
+    assert [m.id for m in await bot.store.drawing_on(SCOPE_A, first)] == [second]
 
     interaction = await harness.discord.invoke(
         ALICE, "memory forget", guild_id=GUILD_A, channel_id=LISTEN_CHANNEL, options={"id": first}
@@ -322,5 +329,5 @@ async def test_forgetting_a_memory_offers_the_later_ones_that_drew_on_it(harness
         while not interaction.original["content"].startswith("Forgotten"):
             await asyncio.sleep(0.02)
     assert "So are the 1 later memories that drew on it." in interaction.original["content"]
-    assert await memories.count_memories(bot.db.reader, SCOPE_A) == 0
+    assert await bot.store.count_memories(SCOPE_A) == 0
     assert await forgotten_reasons(bot) == ["", f"drew on forgotten #{first}"]

@@ -6,9 +6,8 @@ import sys
 from datetime import datetime
 
 from companion.context import record_line
-from storage import sqlite
-from storage.commands import pin_memory
 from storage.memories import Memory
+from tests.backend_queries import query
 from tests.botprocess import REPO, write_config
 from tests.fakes.llm_server import Answer
 from tests.harness import ALICE, B_CHANNEL, BOB, BOT_ID, CHAT_MODEL, GUILD_A, GUILD_B, LISTEN_CHANNEL, SCOPE_A
@@ -37,6 +36,19 @@ async def run_cli(*args: str, stdin: str | None = None) -> tuple[int, str, str]:
     return process.returncode, out.decode(), err.decode()
 
 
+def cli_config(harness, tmp_path):
+    """A config file for the command line, on the running bot's data: its folder, and on PostgreSQL its
+    database (the DSN in the environment variable the harness's config names)."""
+    storage = harness.config.storage
+    return write_config(
+        tmp_path,
+        harness.discord,
+        harness.llm,
+        storage=f'data_dir = "{storage.data_dir}"\nbackend = "{storage.backend}"\n'
+        f'postgresql_dsn_env = "{storage.postgresql_dsn_env}"',
+    )
+
+
 async def chat_history(harness) -> None:
     # The facts, then enough small talk to push them out of the recent turns (12 by default).
     chatter = [(ALICE, f"small talk number {i}, nothing much") for i in range(13)]
@@ -45,7 +57,7 @@ async def chat_history(harness) -> None:
     await harness.wait_for_memories(len(FACTS) + len(chatter))
     await harness.wait_until_scored()
     # One pin, so all three parts of the prompt show.
-    await pin_memory(harness.bot.db, SCOPE_A, 1, actor_id=ALICE, pin_cap=8)
+    await harness.bot.store.pin(SCOPE_A, 1, actor_id=ALICE, pin_cap=8)
 
 
 def as_memory(item: dict) -> Memory:
@@ -75,7 +87,7 @@ def line_of(item: dict, *, follow_up: bool = False) -> str:
 async def test_recall_json_is_exactly_what_the_turn_sends_to_the_model(harness, tmp_path):
     await harness.start_bot()
     await chat_history(harness)
-    config = write_config(tmp_path, harness.discord, harness.llm)
+    config = cli_config(harness, tmp_path)
     question = "what's the name of Alice's dog, and how was the Lisbon wedding?"
 
     # The database knows the bot's id: the running bot recorded it at login.
@@ -115,7 +127,7 @@ async def test_recall_reads_many_messages_from_stdin_and_stays_in_its_scope(harn
     await chat_history(harness)
     await harness.say(B_CHANNEL, BOB, f"<@{BOT_ID}> in guild B: my dog Pepper is a secret here", mentions=[BOT_ID])
     await harness.wait_for_memories(len(FACTS) + 14)
-    config = write_config(tmp_path, harness.discord, harness.llm)
+    config = cli_config(harness, tmp_path)
 
     code, out, err = await run_cli(
         "recall",
@@ -140,7 +152,7 @@ async def test_recall_reads_many_messages_from_stdin_and_stays_in_its_scope(harn
 async def test_the_readable_listing_names_each_part_with_ids_and_scores(harness, tmp_path):
     await harness.start_bot()
     await chat_history(harness)
-    config = write_config(tmp_path, harness.discord, harness.llm)
+    config = cli_config(harness, tmp_path)
     code, out, err = await run_cli(
         "recall",
         "--guild",
@@ -177,17 +189,13 @@ async def test_recall_needs_to_know_which_bot_and_a_database(tmp_path):
 
 async def test_the_bot_records_its_user_id_at_login(harness):
     await harness.start_bot()
-    conn = sqlite.connect(harness.bot.db.path, query_only=True)
-    try:
-        assert conn.execute("SELECT bot_id, name FROM bot_identity").fetchall() == [(BOT_ID, "Mnemo")]
-    finally:
-        conn.close()
+    assert await query(harness.bot, "SELECT bot_id, name FROM bot_identity") == [(BOT_ID, "Mnemo")]
 
 
 async def test_an_import_beside_the_running_bot_is_recalled_in_its_next_turn(harness, tmp_path):
     await harness.start_bot()
     await harness.say(LISTEN_CHANNEL, ALICE, "hello again")
-    config = write_config(tmp_path, harness.discord, harness.llm)
+    config = cli_config(harness, tmp_path)
     history = {
         "guild": {"id": str(GUILD_A), "name": "Guild A"},
         "channel": {"id": str(LISTEN_CHANNEL + 1), "type": "GuildTextChat", "name": "archive"},

@@ -24,6 +24,7 @@ from companion.operations import (
 )
 from companion.worker import SignificanceWorker
 from storage import backups
+from storage.backup_target import SQLiteBackups
 from storage.backups import BackupError
 from storage.commands import TurnRecord, write_memory
 from storage.database import Database
@@ -59,7 +60,8 @@ async def make_ops(tmp_path):
         db = await Database.open(config.storage.database_path, snapshots_dir=config.storage.snapshots_dir)
         dbs.append(db)
         worker = SignificanceWorker(SQLiteStore(db), None, concurrency=1, pin_cap=8, rescan_seconds=60)  # type: ignore[arg-type]
-        ops = Operations(config, db, worker, pause_turns=lambda reason: None, clock=clock)
+        target = SQLiteBackups(db, db.path, config.storage.backups_dir, config.storage.snapshots_dir)
+        ops = Operations(config, target, db, worker, pause_turns=lambda reason: None, clock=clock)
         made.append(ops)
         return ops
 

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import pytest
 
 from companion.worker import BACKOFF_MAX_SECONDS, BACKOFF_START_SECONDS
-from storage.commands import TurnRecord, write_memory
+from storage.commands import TurnRecord
+from tests.backend_queries import scalar
 from tests.fakes.llm_server import Answer, Fail
 from tests.harness import ALICE, CLASSIFIER_MODEL, LISTEN_CHANNEL, SCOPE_A
 
@@ -72,7 +73,7 @@ async def test_scoring_resumes_right_after_an_outage(harness, timing: Timing):
         ids = []
         for i in range(PENDING_PER_OUTAGE):
             turn = TurnRecord(SCOPE_A, LISTEN_CHANNEL, ALICE, "Alice", "Mnemo", f"outage {repetition} turn {i}", "ok")
-            ids.append(await write_memory(bot.db, turn))
+            ids.append(await bot.store.write_turn(turn))
             bot.scoring.notify()
         async with asyncio.timeout(10):
             while bot.scoring.status().errors == errors_before:
@@ -92,13 +93,11 @@ async def test_scoring_resumes_right_after_an_outage(harness, timing: Timing):
         f" max {max(recoveries):.2f} s; beyond the backoff left: p50 {statistics.median(over_backoff):.3f} s,"
         f" max {max(over_backoff):.3f} s"
     )
-    async with bot.db.reader.execute("SELECT count(*) FROM events WHERE kind = 'memory_significance_failed'") as cur:
-        assert (await cur.fetchone())[0] == 0, "an outage was recorded as unusable answers"
+    failed = await scalar(bot, "SELECT count(*) FROM events WHERE kind = 'memory_significance_failed'")
+    assert failed == 0, "an outage was recorded as unusable answers"
 
 
 async def all_scored(bot, ids: list[int]) -> bool:
     marks = ",".join("?" * len(ids))
-    async with bot.db.reader.execute(
-        f"SELECT count(*) FROM memories WHERE id IN ({marks}) AND significance IS NOT NULL", ids
-    ) as cursor:
-        return (await cursor.fetchone())[0] == len(ids)
+    sql = f"SELECT count(*) FROM memories WHERE id IN ({marks}) AND significance IS NOT NULL"
+    return await scalar(bot, sql, *ids) == len(ids)

@@ -5,11 +5,10 @@ import json
 import logging
 import time
 
-from storage import memories
-from storage.commands import pin_memory
+from tests.backend_queries import event_kinds, event_payloads
 from tests.fakes.llm_server import Answer, Fail, Hang, scored_turn
 from tests.harness import ALICE, BOB, CAROL, CHAT_MODEL, CLASSIFIER_MODEL, LISTEN_CHANNEL, SCOPE_A
-from tests.projection_check import live_and_rebuilt
+from tests.projection_check import live_and_rebuilt_of
 
 
 def pivotal_when_marked(body):
@@ -18,13 +17,14 @@ def pivotal_when_marked(body):
     return Answer(json.dumps({"significance": 3 if "milestone" in turn else 0}))
 
 
-async def event_kinds(bot) -> list[str]:
-    async with bot.db.reader.execute("SELECT kind FROM events ORDER BY seq") as cursor:
-        return [row[0] for row in await cursor.fetchall()]
+async def pinned_memories(bot) -> list:
+    """Every pin of guild A, oldest first."""
+    pinned, _ = await bot.store.pinned_and_recent(SCOPE_A, LISTEN_CHANNEL, 0)
+    return pinned
 
 
 async def pinned_ids(bot) -> list[int]:
-    return [m.id for m in await memories.pinned_memories(bot.db.reader, SCOPE_A)]
+    return [m.id for m in await pinned_memories(bot)]
 
 
 async def test_pivotal_turn_is_pinned_and_reaches_every_later_prompt(harness):
@@ -54,7 +54,7 @@ async def test_ten_pivotal_turns_leave_eight_pins_and_the_oldest_go(harness):
         await harness.say(LISTEN_CHANNEL, (ALICE, BOB, CAROL)[i % 3], f"milestone number {i}")
     await harness.wait_for_memories(10)
     await harness.wait_until_scored()
-    all_ids = [m.id for m in reversed(await memories.list_memories(bot.db.reader, SCOPE_A, limit=20))]
+    all_ids = [m.id for m in reversed(await bot.store.list_memories(SCOPE_A, limit=20))]
     assert await pinned_ids(bot) == all_ids[2:]
     kinds = await event_kinds(bot)
     assert kinds.count("memory_significance_set") == 10
@@ -66,15 +66,15 @@ async def test_manual_pin_survives_auto_pin_pressure(harness):
     await harness.say(LISTEN_CHANNEL, ALICE, "remember my allergy to peanuts")
     await harness.wait_for_memories(1)
     await harness.wait_until_scored()
-    [memory] = await memories.list_memories(bot.db.reader, SCOPE_A)
-    await pin_memory(bot.db, SCOPE_A, memory.id, actor_id=ALICE, pin_cap=8)
+    [memory] = await bot.store.list_memories(SCOPE_A)
+    await bot.store.pin(SCOPE_A, memory.id, actor_id=ALICE, pin_cap=8)
 
     harness.llm.responders[CLASSIFIER_MODEL] = pivotal_when_marked
     for i in range(10):
         await harness.say(LISTEN_CHANNEL, (ALICE, BOB, CAROL)[i % 3], f"milestone {i}")
     await harness.wait_for_memories(11)
     await harness.wait_until_scored()
-    pinned = await memories.pinned_memories(bot.db.reader, SCOPE_A)
+    pinned = await pinned_memories(bot)
     assert len(pinned) == 8
     assert pinned[0].id == memory.id and pinned[0].pin_auto is False
 
@@ -85,7 +85,7 @@ async def test_classifier_500_then_success_scores_once(harness):
     await harness.say(LISTEN_CHANNEL, ALICE, "hello")
     await harness.wait_for_memories(1)
     await harness.wait_until_scored()
-    [memory] = await memories.list_memories(bot.db.reader, SCOPE_A)
+    [memory] = await bot.store.list_memories(SCOPE_A)
     assert memory.significance == 2
     assert len(harness.llm.requests_for(CLASSIFIER_MODEL)) == 2
 
@@ -98,7 +98,7 @@ async def test_classifier_429_honours_retry_after(harness):
     await harness.wait_until_scored()
     first, second = harness.llm.requests_for(CLASSIFIER_MODEL)
     assert second.time - first.time >= 0.9
-    [memory] = await memories.list_memories(bot.db.reader, SCOPE_A)
+    [memory] = await bot.store.list_memories(SCOPE_A)
     assert memory.significance == 2
 
 
@@ -109,7 +109,7 @@ async def test_garbage_answers_are_recorded_as_failure_not_a_score(harness):
     await harness.say(LISTEN_CHANNEL, ALICE, "hello")
     await harness.wait_for_memories(1)
     await harness.wait_until_scored()
-    [memory] = await memories.list_memories(bot.db.reader, SCOPE_A)
+    [memory] = await bot.store.list_memories(SCOPE_A)
     assert memory.significance is None and memory.scoring_failures == 3 and memory.scoring_gave_up
     kinds = await event_kinds(bot)
     assert "memory_significance_set" not in kinds
@@ -129,7 +129,7 @@ async def test_a_memory_spends_at_most_three_classifier_calls_over_all_its_round
     await asyncio.sleep(2.5)  # rescans come and go: nothing more is asked
     answered = harness.llm.requests_for(CLASSIFIER_MODEL)
     assert len(answered) == 4  # three unusable answers and the 503
-    [memory] = await memories.list_memories(bot.db.reader, SCOPE_A)
+    [memory] = await bot.store.list_memories(SCOPE_A)
     assert memory.scoring_gave_up and memory.scoring_failures == 3
     assert (await event_kinds(bot)).count("memory_significance_failed") == 3
     assert bot.scoring.status().errors == 1
@@ -142,7 +142,7 @@ async def test_classifier_hang_beyond_timeout_is_retried_later(harness):
     await harness.say(LISTEN_CHANNEL, ALICE, "hello")
     await harness.wait_for_memories(1)
     await harness.wait_until_scored(timeout=15)
-    [memory] = await memories.list_memories(bot.db.reader, SCOPE_A)
+    [memory] = await bot.store.list_memories(SCOPE_A)
     assert memory.significance == 1
     assert bot.scoring.status().errors >= 1
 
@@ -180,7 +180,7 @@ async def test_structured_output_falls_back_to_a_bare_integer(harness):
     await harness.say(LISTEN_CHANNEL, ALICE, "again")
     await harness.wait_for_memories(2)
     await harness.wait_until_scored()
-    assert [m.significance for m in await memories.list_memories(bot.db.reader, SCOPE_A)] == [2, 2]
+    assert [m.significance for m in await bot.store.list_memories(SCOPE_A)] == [2, 2]
     with_format = [r for r in harness.llm.requests_for(CLASSIFIER_MODEL) if "response_format" in r.body]
     assert len(with_format) == 1
 
@@ -193,7 +193,7 @@ async def test_scoring_runs_concurrently_up_to_the_limit(harness):
         await harness.say(LISTEN_CHANNEL, ALICE, f"message {i}")
     await harness.wait_for_memories(9)
     started = time.monotonic()
-    bot.scoring.resume()
+    await bot.scoring.resume()
     await harness.wait_until_scored()
     assert harness.llm.max_in_flight == 3
     assert time.monotonic() - started < 2.0
@@ -206,7 +206,7 @@ async def test_rebuild_after_scoring_and_pins_equals_live(harness, tmp_path):
         await harness.say(LISTEN_CHANNEL, ALICE, f"milestone {i}" if i % 2 else f"small talk {i}")
     await harness.wait_for_memories(6)
     await harness.wait_until_scored()
-    live, rebuilt = live_and_rebuilt(bot.db.path, tmp_path)
+    live, rebuilt = await live_and_rebuilt_of(bot, tmp_path)
     assert live == rebuilt
 
 
@@ -249,6 +249,5 @@ async def test_a_provider_error_that_quotes_the_turn_is_not_stored(harness):
     await harness.say(LISTEN_CHANNEL, ALICE, "my locker code is zyxwvu4321")
     await harness.wait_for_memories(1)
     await harness.wait_until_scored()
-    async with bot.db.reader.execute("SELECT payload FROM events WHERE kind = 'memory_significance_failed'") as cursor:
-        reasons = [json.loads(row[0])["reason"] for row in await cursor.fetchall()]
+    reasons = [payload["reason"] for payload in await event_payloads(bot, "memory_significance_failed")]
     assert reasons and set(reasons) == {"classifier refused: rejected (HTTP 400)"}

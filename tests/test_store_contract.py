@@ -446,6 +446,23 @@ async def test_a_claim_whose_lease_ran_out_is_claimed_again(store):
     assert await store.claim_unscored("alive", limit=5, lease_seconds=60) == []
 
 
+async def test_a_renewed_claim_outlives_its_first_lease_and_a_lost_one_is_not_renewed(store):
+    kept, lost = await write_all(store, [said("kept"), said("lost")])
+    assert await store.claim_unscored("slow", limit=5, lease_seconds=0.2) == [kept, lost]
+    assert await store.renew_claims("slow", [kept], lease_seconds=60) == [kept]
+    await asyncio.sleep(0.3)
+    # The lapsed one goes to whoever claims next; the renewed one stays held.
+    assert await store.claim_unscored("other", limit=5, lease_seconds=60) == [lost]
+    assert await store.renew_claims("slow", [kept, lost], lease_seconds=60) == [kept]
+    # A lapsed claim nobody took is still its claimant's to renew.
+    assert await store.claim_unscored("third", limit=5, lease_seconds=0.05) == []
+    await store.release_claims("other", [lost])
+    assert await store.claim_unscored("third", limit=5, lease_seconds=0.05) == [lost]
+    await asyncio.sleep(0.1)
+    assert await store.renew_claims("third", [lost], lease_seconds=60) == [lost]
+    assert await store.claim_unscored("other", limit=5, lease_seconds=60) == []
+
+
 async def test_a_forgotten_or_unknown_memory_takes_no_score_and_no_failure(store):
     memory_id = await store.write_turn(said("gone soon"))
     await store.forget(GUILD, memory_id, actor_id=ALICE)
@@ -927,10 +944,14 @@ async def test_the_remembered_servers_are_those_holding_a_memory_of_this_bot(sto
     assert await store.remembered_guilds(BOT + 1) == [30]
 
 
-async def test_a_login_may_be_recorded_again_under_a_new_name(store):
+async def test_a_login_may_be_recorded_again_under_a_new_name_and_the_last_one_is_known(store):
+    assert await store.last_bot_id() is None
     await store.record_login(BOT, "Mnemo#0001")
     await store.record_login(BOT, "Mnemo Renamed#0001")
+    assert await store.last_bot_id() == BOT
+    await asyncio.sleep(0.01)
     await store.record_login(BOT + 1, "Other#0002")
+    assert await store.last_bot_id() == BOT + 1
 
 
 # 9. Counts for /status

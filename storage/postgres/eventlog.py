@@ -61,30 +61,7 @@ async def apply(conn: asyncpg.Connection, seq: int, event: Event) -> None:
     if isinstance(event, MemoryWritten):
         if event.redacted:
             return  # its text is gone: nothing to remember
-        await conn.execute(
-            INSERT_MEMORY,
-            seq,
-            event.bot_id,
-            event.scope_kind,
-            event.scope_id,
-            event.channel_id,
-            event.parent_channel_id,
-            event.private_thread,
-            event.author_id,
-            event.author_name,
-            event.bot_name,
-            event.user_text,
-            event.reply_text,
-            event.user_message_id,
-            event.created_at,
-            event.source,
-            event.wants_score,
-            list(event.reply_message_ids),
-            list(event.drew_on),
-            search_text(event.user_text),
-            search_text(event.author_name),
-            search_text(event.reply_text),
-        )
+        await conn.execute(INSERT_MEMORY, seq, *written_columns(event), *search_texts(event))
         if event.reply_message_ids:
             await conn.execute(LIST_REPLY_MESSAGES, seq, list(event.reply_message_ids))
         return
@@ -94,6 +71,34 @@ async def apply(conn: asyncpg.Connection, seq: int, event: Event) -> None:
         return
     sql, params = update_statement(event.memory_id, row_changes(seq, event.KIND, payload_of(event)))
     await conn.execute(sql, *params)
+
+
+def written_columns(event: MemoryWritten) -> tuple[Any, ...]:
+    """A new memory's columns from `bot_id` to `drew_on`, in INSERT_MEMORY's order."""
+    return (
+        event.bot_id,
+        event.scope_kind,
+        event.scope_id,
+        event.channel_id,
+        event.parent_channel_id,
+        event.private_thread,
+        event.author_id,
+        event.author_name,
+        event.bot_name,
+        event.user_text,
+        event.reply_text,
+        event.user_message_id,
+        event.created_at,
+        event.source,
+        event.wants_score,
+        list(event.reply_message_ids),
+        list(event.drew_on),
+    )
+
+
+def search_texts(event: MemoryWritten) -> tuple[str, str, str]:
+    """What the search vector weighs A, B and C: what was said, who said it, the bot's reply."""
+    return search_text(event.user_text), search_text(event.author_name), search_text(event.reply_text)
 
 
 def search_text(text: str) -> str:

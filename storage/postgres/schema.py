@@ -16,6 +16,9 @@ import asyncpg
 
 # pg_advisory_xact_lock key for migrations: "mnemo" + 1, any constant the bot alone uses.
 MIGRATION_LOCK = 0x6D6E656D6F01
+# Every write to the log holds this one shared, and a restore exclusively (session-level): writes
+# from every process wait while a backup replaces the database's content, then land in it.
+WRITE_LOCK = 0x6D6E656D6F03
 
 _V1_LOG_AND_PROJECTIONS = """
 CREATE TABLE events (

@@ -11,10 +11,14 @@ the scope and to what a channel filter lets through.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
+import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, ParamSpec, TypeVar
+from urllib.parse import urlsplit
 
 import asyncpg
 
@@ -58,6 +62,27 @@ DISK_FULL = "53100"
 RANK_WEIGHTS = [0.1, 0.5, 1.0, 1.0]
 # The most words of a message that become the search's terms (any of them may match).
 MAX_QUERY_WORDS = 32
+CONNECT_TIMEOUT_SECONDS = 10.0
+
+
+def server_of(dsn: str) -> str:
+    """Where a connection string points, for messages: host:port/database, without user or password."""
+    parsed = urlsplit(dsn)
+    if parsed.scheme not in ("postgresql", "postgres") or not parsed.hostname:
+        return "the configured server"
+    port = f":{parsed.port}" if parsed.port else ""
+    return f"{parsed.hostname}{port}{parsed.path}"
+
+
+def _connect_problem(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    if isinstance(exc, OSError) and exc.errno in errno.errorcode:
+        # asyncio's own text names the address ("Connect call failed ('127.0.0.1', 5432)"), named already.
+        return os.strerror(exc.errno)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _translated(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
@@ -79,10 +104,24 @@ class PostgresStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
+    @contextlib.asynccontextmanager
+    async def _writing(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection in a transaction that may append to the log: it first waits out a restore,
+        which holds the write lock exclusively while it swaps the database's content."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", schema.WRITE_LOCK)
+            yield conn
+
     @classmethod
     async def open(cls, dsn: str, *, min_size: int = 1, max_size: int = 10) -> PostgresStore:
-        """Connect, and bring the schema up to date (once, however many processes start together)."""
-        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
+        """Connect, and bring the schema up to date (once, however many processes start together).
+
+        StoreError, in one line naming the server (never the password), if it cannot connect.
+        """
+        try:
+            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, timeout=CONNECT_TIMEOUT_SECONDS)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreError(f"cannot connect to PostgreSQL at {server_of(dsn)}: {_connect_problem(exc)}") from exc
         try:
             async with pool.acquire() as conn:
                 await schema.migrate(conn)
@@ -98,14 +137,14 @@ class PostgresStore:
 
     @_translated
     async def write_turn(self, turn: TurnRecord) -> int:
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._writing() as conn:
             return await append(conn, memory_written(turn))
 
     @_translated
     async def import_memories(self, events: Sequence[MemoryWritten]) -> int:
         if not events:
             return 0
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._writing() as conn:
             seen = await self._remembered_messages(conn, events)
             new = 0
             for event in events:
@@ -134,7 +173,7 @@ class PostgresStore:
     async def record_significance(self, memory_id: int, score: int, *, model: str, pin_cap: int) -> ScoringOutcome:
         if not 0 <= score <= 3:
             raise ValueError(f"significance must be 0-3, got {score}")
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._writing() as conn:
             memory = await self._lock_memory_scope(conn, memory_id)
             if memory is None or memory.significance is not None:
                 return ScoringOutcome(recorded=False)
@@ -150,7 +189,7 @@ class PostgresStore:
 
     @_translated
     async def record_scoring_failure(self, memory_id: int, *reasons: str) -> bool:
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._writing() as conn:
             memory = await self._lock_memory_scope(conn, memory_id)
             if memory is None or memory.significance is not None:
                 return False
@@ -162,7 +201,7 @@ class PostgresStore:
     async def pin(
         self, scope: Scope, memory_id: int, *, actor_id: int, pin_cap: int, member_quota: int | None = None
     ) -> PinOutcome:
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._writing() as conn:
             await _lock_scope(conn, scope)
             memory = await self._scoped_memory(conn, scope, memory_id)
             if memory.pinned and not memory.pin_auto:
@@ -178,7 +217,7 @@ class PostgresStore:
 
     @_translated
     async def unpin(self, scope: Scope, memory_id: int, *, actor_id: int) -> PinOutcome:
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._writing() as conn:
             await _lock_scope(conn, scope)
             memory = await self._scoped_memory(conn, scope, memory_id)
             if not memory.pinned:
@@ -190,7 +229,7 @@ class PostgresStore:
 
     @_translated
     async def forget(self, scope: Scope, memory_id: int, *, actor_id: int | None, reason: str = "") -> Memory:
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._writing() as conn:
             await _lock_scope(conn, scope)
             memory = await self._scoped_memory(conn, scope, memory_id)
             await append(conn, MemoryForgotten(memory_id=memory_id, actor_id=actor_id, reason=reason))
@@ -204,7 +243,7 @@ class PostgresStore:
         forgotten: list[int] = []
         for start in range(0, len(memory_ids), FORGET_BATCH):
             batch = [int(i) for i in memory_ids[start : start + FORGET_BATCH]]
-            async with self.pool.acquire() as conn, conn.transaction():
+            async with self._writing() as conn:
                 await _lock_scope(conn, scope)
                 present = [
                     row[0]
@@ -223,7 +262,7 @@ class PostgresStore:
 
     @_translated
     async def rewrite(self, scope: Scope, memory_id: int, user_text: str, *, reason: str) -> int:
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._writing() as conn:
             await _lock_scope(conn, scope)
             memory = await self._scoped_memory(conn, scope, memory_id)
             row = await conn.fetchrow(
@@ -495,6 +534,17 @@ class PostgresStore:
         )
 
     @_translated
+    async def renew_claims(self, claimant: str, memory_ids: Sequence[int], *, lease_seconds: float) -> list[int]:
+        rows = await self.pool.fetch(
+            "UPDATE scoring_claims SET lease_until = clock_timestamp() + make_interval(secs => $3)"
+            " WHERE claimant = $1 AND memory_id = ANY($2::bigint[]) RETURNING memory_id",
+            claimant,
+            [int(i) for i in memory_ids],
+            float(lease_seconds),
+        )
+        return sorted(row[0] for row in rows)
+
+    @_translated
     async def counts(self) -> MemoryCounts:
         row = await self.pool.fetchrow(
             "SELECT count(*), count(*) FILTER (WHERE pinned),"
@@ -566,6 +616,10 @@ class PostgresStore:
             "SELECT DISTINCT scope_id FROM memories WHERE bot_id = $1 AND scope_kind = 'guild' ORDER BY 1", bot_id
         )
         return [row[0] for row in rows]
+
+    @_translated
+    async def last_bot_id(self) -> int | None:
+        return await self.pool.fetchval("SELECT bot_id FROM bot_identity ORDER BY logged_in_at DESC LIMIT 1")
 
     @_translated
     async def record_login(self, bot_id: int, name: str) -> None:

@@ -21,6 +21,10 @@ Payload shapes follow what discord.py 2.7.1 parses (see ``discord/state.py``, ``
   ``edited_timestamp``) are present even when null.
 * Gateway frames are text: the client only inflates binary frames.
 
+Sharding is Discord's: an IDENTIFY with ``shard: [id, count]`` opens that shard's session, which gets
+only the events of guilds with ``(guild_id >> 22) % count == id`` (DMs: shard 0). Sessions of one
+bot's shards may come from several clients at once; an IDENTIFY without ``shard`` gets everything.
+
 Server-side behaviour that discord.py relies on Discord for is imitated where it is cheap and catches
 real bugs: the 3 s deadline to answer an interaction, "already acknowledged", the first followup after
 a deferral editing the "thinking" message, the 2000 character limit, empty messages, message-content
@@ -68,6 +72,7 @@ __all__ = [
     "new_snowflake",
     "pointing_discord_py_at",
     "running_client",
+    "shard_of",
     "snowflake_time",
 ]
 
@@ -201,6 +206,11 @@ def new_snowflake() -> int:
 
 def snowflake_time(snowflake: int) -> datetime:
     return datetime.fromtimestamp(((snowflake >> 22) + DISCORD_EPOCH_MS) / 1000, tz=UTC)
+
+
+def shard_of(guild_id: int | None, shard_count: int) -> int:
+    """The shard whose session gets a guild's events, by Discord's rule; DMs (None) are on shard 0."""
+    return 0 if guild_id is None else (guild_id >> 22) % shard_count
 
 
 def _iso_now() -> str:
@@ -401,8 +411,13 @@ class _Session:
     id: str
     intents: int
     conn: _GatewayConnection | None = None
+    shard: tuple[int, int] | None = None  # (shard id, shard count) from IDENTIFY; None: unsharded
     seq: int = 0
     frames: deque[tuple[int, str]] = field(default_factory=lambda: deque(maxlen=1000))  # for RESUME
+
+    def runs(self, guild_id: int | None) -> bool:
+        """Whether this session gets the events of this guild (None: of DMs)."""
+        return self.shard is None or shard_of(guild_id, self.shard[1]) == self.shard[0]
 
     def dispatch(self, event: str, data: JSON) -> None:
         self.seq += 1
@@ -425,7 +440,8 @@ class _Session:
 
 
 class FakeDiscord:
-    """Discord for one bot at a time (it may reconnect, or be replaced by a restarted process).
+    """Discord for one bot at a time (it may reconnect, or be replaced by a restarted process); a
+    sharded bot holds one session per shard, from one client or several.
 
     Set up the world (``add_user``, ``add_guild``) before the bot connects, inject user activity
     (``send_message``, ``send_dm``, ``invoke``, ``autocomplete``, ``click``) and read what the bot did:
@@ -456,6 +472,8 @@ class FakeDiscord:
         self.team_members: dict[int, str] | None = None
         # When set, GET /oauth2/applications/@me answers with this HTTP status instead.
         self.application_failure: int | None = None
+        # The shard count GET /gateway/bot recommends (what a sharded client without one uses).
+        self.recommended_shards = 1
 
         self.users: dict[int, FakeUser] = {bot_user_id: FakeUser(bot_user_id, bot_name, bot=True)}
         if app_owner_id not in self.users:
@@ -479,6 +497,7 @@ class FakeDiscord:
         self.guild_commands: dict[int, list[JSON]] = {}
         self.interactions: list[FakeInteraction] = []
         self.connections = 0  # IDENTIFYs seen
+        self.identified_shards: list[tuple[int, int] | None] = []  # each IDENTIFY's shard, in order
         self.resumes = 0  # successful RESUMEs
 
         self._messages: dict[int, JSON] = {}  # every message, as REST would return it now
@@ -487,7 +506,9 @@ class FakeDiscord:
         self._post_delay = 0.0
         self._post_failures: list[tuple[int, float]] = []  # (status, retry_after)
 
-        self._session: _Session | None = None  # from the last IDENTIFY; events go there
+        # The sessions by shard id (None: the unsharded one), connected or waiting for a RESUME; a
+        # guild's events go to the one that runs its shard.
+        self._sessions: dict[int | None, _Session] = {}
         self._connections: set[_GatewayConnection] = set()
         self._ready = asyncio.Event()
         self._changed = asyncio.Event()  # replaced on every change; see _wait_until
@@ -582,8 +603,8 @@ class FakeDiscord:
             self.channels[thread_id] = FakeChannel(
                 thread_id, ChannelType.PUBLIC_THREAD, f"thread-{thread_id}", guild_id, parent_id=parent_id
             )
-        if self._session is not None:
-            self._session.dispatch("GUILD_CREATE", self._guild_create_payload(guild, new_join=True))
+        if session := self._session_for(guild_id):
+            session.dispatch("GUILD_CREATE", self._guild_create_payload(guild, new_join=True))
 
     def set_member_permissions(self, guild_id: int, user_id: int, permissions: int) -> None:
         """Give a member exactly ``permissions`` (through a personal role). Works for the bot too,
@@ -601,7 +622,7 @@ class FakeDiscord:
             role = guild.roles[role_id]
             role.permissions = permissions
             event = "GUILD_ROLE_UPDATE"
-        session = self._session
+        session = self._session_for(guild_id)
         if session is not None:  # keep the connected client's cache in step
             session.dispatch(event, {"guild_id": str(guild_id), "role": role.payload()})
             if session.intents & Intent.GUILD_MEMBERS or user_id == self.bot_user_id:
@@ -617,8 +638,8 @@ class FakeDiscord:
             _overwrite(channel.guild_id, OVERWRITE_ROLE, deny=PUBLIC_CHANNEL_PERMISSIONS),
             *(_overwrite(user_id, OVERWRITE_MEMBER, allow=PUBLIC_CHANNEL_PERMISSIONS) for user_id in seeing),
         ]
-        if self._session is not None:
-            self._session.dispatch("CHANNEL_UPDATE", self._channel_payload(channel))
+        if session := self._session_for(channel.guild_id):
+            session.dispatch("CHANNEL_UPDATE", self._channel_payload(channel))
 
     def add_thread(
         self, thread_id: int, parent_id: int, *, private: bool = False, member_ids: Iterable[int] = ()
@@ -637,8 +658,8 @@ class FakeDiscord:
         )
         self.channels[thread_id] = thread
         self.guilds[parent.guild_id].thread_ids.append(thread_id)
-        if self._session is not None:
-            self._session.dispatch("THREAD_CREATE", self._channel_payload(thread) | {"newly_created": True})
+        if session := self._session_for(parent.guild_id):
+            session.dispatch("THREAD_CREATE", self._channel_payload(thread) | {"newly_created": True})
 
     def dm_channel_id(self, user_id: int) -> int:
         """The DM channel between ``user_id`` and the bot, created on first use."""
@@ -874,9 +895,10 @@ class FakeDiscord:
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
             self._connections.discard(conn)
-            if self._session is not None and self._session.conn is conn:
-                self._session.conn = None
-                self._ready.clear()
+            for session in self._sessions.values():
+                if session.conn is conn:
+                    session.conn = None
+            self._update_ready()
             self._touch()
         return ws
 
@@ -895,11 +917,22 @@ class FakeDiscord:
 
     def _identify(self, conn: _GatewayConnection, data: JSON) -> None:
         self.connections += 1
-        self._session = session = _Session(uuid.uuid4().hex, data.get("intents", 0), conn)
+        shard = (int(data["shard"][0]), int(data["shard"][1])) if "shard" in data else None
+        self.identified_shards.append(shard)
+        session = _Session(uuid.uuid4().hex, data.get("intents", 0), conn, shard=shard)
+        # The new session takes over its shard. Sessions sharded otherwise (or not at all) are of a
+        # bot that restarted or re-sharded: they get nothing more.
+        self._sessions = {
+            key: other
+            for key, other in self._sessions.items()
+            if shard is not None and other.shard is not None and other.shard[1] == shard[1] and key != shard[0]
+        }
+        self._sessions[shard[0] if shard else None] = session
+        guilds = [guild for guild in self.guilds.values() if session.runs(guild.id)]
         ready: JSON = {
             "v": API_VERSION,
             "user": self.bot_user.payload() | {"verified": True, "mfa_enabled": False, "flags": 0},
-            "guilds": [{"id": str(guild_id), "unavailable": True} for guild_id in self.guilds],
+            "guilds": [{"id": str(guild.id), "unavailable": True} for guild in guilds],
             "session_id": session.id,
             "resume_gateway_url": self.gateway_url,
             "application": {"id": str(self.application_id), "flags": GATEWAY_MESSAGE_CONTENT_LIMITED},
@@ -908,21 +941,27 @@ class FakeDiscord:
         if "shard" in data:  # AutoShardedClient expects its shard echoed
             ready["shard"] = data["shard"]
         session.dispatch("READY", ready)
-        for guild in self.guilds.values():
+        for guild in guilds:
             session.dispatch("GUILD_CREATE", self._guild_create_payload(guild))
-        self._ready.set()
+        self._update_ready()
         self._touch()
 
     def _resume(self, conn: _GatewayConnection, data: JSON) -> None:
-        session = self._session
-        if session is None or data.get("session_id") != session.id:
+        session = next((s for s in self._sessions.values() if s.id == data.get("session_id")), None)
+        if session is None:
             # The client must IDENTIFY afresh. discord.py waits 5 s before a non-initial IDENTIFY.
             conn.send(Op.INVALID_SESSION, False)
             return
         self.resumes += 1
         session.resume(conn, data.get("seq") or 0)
-        self._ready.set()
+        self._update_ready()
         self._touch()
+
+    def _update_ready(self) -> None:
+        if self._sessions and all(session.conn is not None for session in self._sessions.values()):
+            self._ready.set()
+        else:
+            self._ready.clear()
 
     def _send_member_chunk(self, data: JSON) -> None:
         guild = self.guilds[int(data["guild_id"])]
@@ -936,16 +975,23 @@ class FakeDiscord:
         chunk: JSON = {"guild_id": str(guild.id), "members": members, "chunk_index": 0, "chunk_count": 1}
         if data.get("nonce"):
             chunk["nonce"] = data["nonce"]
-        self._connected().dispatch("GUILD_MEMBERS_CHUNK", chunk)
+        if session := self._session_for(guild.id, required=True):
+            session.dispatch("GUILD_MEMBERS_CHUNK", chunk)
 
-    def _connected(self) -> _Session:
-        if self._session is None:
+    def _session_for(self, guild_id: int | None, *, required: bool = False) -> _Session | None:
+        """The session that gets this guild's events (None: DMs'), or None if no session runs its
+        shard: Discord then delivers them to nobody. ``required``: fail if no bot IDENTIFYed yet."""
+        if required and not self._sessions:
             raise RuntimeError("no bot has connected to the fake gateway (did it IDENTIFY yet?)")
-        return self._session
+        return next((s for s in self._sessions.values() if s.runs(guild_id)), None)
+
+    def connected_shards(self) -> list[tuple[int, int] | None]:
+        """(shard id, shard count) of every session with a live connection; None for an unsharded one."""
+        return [s.shard for s in self._sessions.values() if s.conn is not None]
 
     async def wait_until_ready(self, timeout: float = 10) -> None:
         """Wait until a client has IDENTIFYed and was sent READY and every GUILD_CREATE (or has
-        RESUMEd)."""
+        RESUMEd); with shards, until every shard's session is connected."""
         try:
             await asyncio.wait_for(self._ready.wait(), timeout)
         except TimeoutError:
@@ -959,22 +1005,28 @@ class FakeDiscord:
             lambda: f"wanted {count} IDENTIFYs, saw {self.connections}",
         )
 
-    async def disconnect(self, code: int = 4000, *, resumable: bool = True) -> None:
-        """Drop the bot's gateway connection from the server side, as Discord sometimes does.
+    async def disconnect(self, code: int = 4000, *, resumable: bool = True, shard_id: int | None = None) -> None:
+        """Drop the bot's gateway connection (every shard's, or ``shard_id``'s) from the server side,
+        as Discord sometimes does.
 
         discord.py then RESUMEs, and gets the events it missed. With ``resumable=False`` the RESUME
         is refused and the client IDENTIFYs again, which discord.py delays by 5 s.
         """
-        session = self._connected()
-        if session.conn is None:
+        if not self._sessions:
+            raise RuntimeError("no bot has connected to the fake gateway (did it IDENTIFY yet?)")
+        sessions = [s for s in self._sessions.values() if shard_id is None or (s.shard or (0, 1))[0] == shard_id]
+        if not sessions or any(session.conn is None for session in sessions):
             raise RuntimeError("the bot is not connected right now")
-        conn = session.conn
-        if not resumable:
-            session.id = "expired"
-        await conn.ws.close(code=code)
+        for session in sessions:
+            assert session.conn is not None
+            conn = session.conn
+            if not resumable:
+                session.id = "expired"
+            await conn.ws.close(code=code)
 
     def _dispatch_message_event(self, event: str, message: JSON, *, required: bool) -> None:
-        session = self._connected() if required else self._session
+        guild_id = int(message["guild_id"]) if "guild_id" in message else None
+        session = self._session_for(guild_id, required=required)
         if session is None:
             return
         needed = Intent.GUILD_MESSAGES if "guild_id" in message else Intent.DIRECT_MESSAGES
@@ -1075,11 +1127,13 @@ class FakeDiscord:
         ids = [int(m) for m in message_ids]
         for message_id in ids:
             self._messages.pop(message_id, None)
-        session = self._connected()
         data: JSON = {"ids": [str(m) for m in ids], "channel_id": str(channel_id)}
         guild = self._guild_of_channel(channel_id)
         if guild is not None:
             data["guild_id"] = str(guild.id)
+        session = self._session_for(guild.id if guild is not None else None, required=True)
+        if session is None:
+            return
         if session.intents & (Intent.GUILD_MESSAGES if guild is not None else Intent.DIRECT_MESSAGES):
             session.dispatch("MESSAGE_DELETE_BULK", data)
 
@@ -1114,15 +1168,16 @@ class FakeDiscord:
                 guild.thread_ids.remove(thread_id)
                 self.channels.pop(thread_id)
             event, payload = "CHANNEL_DELETE", self._channel_payload(channel)
-        if self._session is not None:
-            self._session.dispatch(event, payload)
+        if session := self._session_for(channel.guild_id):
+            session.dispatch(event, payload)
 
     def remove_bot_from_guild(self, guild_id: int) -> None:
         """The bot is kicked from (or leaves) a guild: GUILD_DELETE without `unavailable`."""
         guild = self.guilds.pop(guild_id)
         for channel_id in [*guild.channel_ids, *guild.thread_ids]:
             self.channels.pop(channel_id, None)
-        self._connected().dispatch("GUILD_DELETE", {"id": str(guild_id)})
+        if session := self._session_for(guild_id, required=True):
+            session.dispatch("GUILD_DELETE", {"id": str(guild_id)})
 
     def _make_forward(self, message: JSON, forwarded_id: int) -> None:
         """Turn ``message`` into a forward of a stored message: empty content, a type 1 reference,
@@ -1257,7 +1312,7 @@ class FakeDiscord:
 
     async def _get_gateway_bot(self, request: web.Request) -> web.Response:
         limit = {"total": 1000, "remaining": 1000, "reset_after": 0, "max_concurrency": 1}
-        return _json({"url": self.gateway_url, "shards": 1, "session_start_limit": limit})
+        return _json({"url": self.gateway_url, "shards": self.recommended_shards, "session_start_limit": limit})
 
     async def _get_me(self, request: web.Request) -> web.Response:
         return _json(self.bot_user.payload() | {"verified": True, "mfa_enabled": False, "flags": 0})
@@ -1838,7 +1893,7 @@ class FakeDiscord:
         *,
         message: JSON | None = None,
     ) -> FakeInteraction:
-        session = self._connected()
+        session = self._session_for(guild_id, required=True)
         guild = self.guilds[guild_id] if guild_id is not None else None
         if channel_id is None:
             channel_id = guild.channel_ids[0] if guild is not None else self.dm_channel_id(user_id)
@@ -1889,7 +1944,8 @@ class FakeDiscord:
         )
         self._interactions[interaction_id] = interaction
         self.interactions.append(interaction)
-        session.dispatch("INTERACTION_CREATE", payload)
+        if session is not None:  # else no session runs the guild's shard: nobody answers, as on Discord
+            session.dispatch("INTERACTION_CREATE", payload)
         return interaction
 
     # -- interactions: the bot's answers ------------------------------------------------------------

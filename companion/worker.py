@@ -311,7 +311,9 @@ class SignificanceWorker:
             except StoreError as exc:
                 log.warning("could not renew %d scoring claims: %s", len(held), exc)
                 continue
-            lost = [memory_id for memory_id in self._queue if memory_id not in still]
+            # Only of those asked about: ids claimed while the renewal ran are not in `still`.
+            asked = set(held)
+            lost = [memory_id for memory_id in self._queue if memory_id in asked and memory_id not in still]
             for memory_id in lost:
                 # Another process holds it now; an in-flight one finishes, and its score counts once.
                 self._queue.remove(memory_id)

@@ -37,6 +37,10 @@ START_ATTEMPTS = 3
 # A throwaway cluster does not need to survive a power cut: no fsync, no waiting on
 # the WAL at commit, no full-page images. It starts and writes faster.
 SERVER_OPTIONS = "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+# The tests' cluster needs no autovacuum either, whose workers would visit each of the
+# hundreds of short-lived test databases and take the CPU the tests need. (The benchmarks
+# keep it: their planner needs the statistics it gathers.)
+TEST_SERVER_OPTIONS = f"{SERVER_OPTIONS} -c autovacuum=off"
 NOT_FOUND = "PostgreSQL server binaries (initdb, pg_ctl) not found; install Debian's postgresql package"
 
 
@@ -120,7 +124,7 @@ def _tail(text: str) -> str:
     return lines[-1] if lines else "no output"
 
 
-def start_cluster(folder: Path) -> PostgresCluster:
+def start_cluster(folder: Path, options: str | None = None) -> PostgresCluster:
     """initdb and start a cluster in `folder` (which must exist), or pytest.skip with the reason."""
     binaries = find_server_binaries()
     if binaries is None:
@@ -148,10 +152,10 @@ def start_cluster(folder: Path) -> PostgresCluster:
     cluster = PostgresCluster(host=HOST, port=0, user="postgres", binaries=binaries, data_dir=data_dir)
     for _ in range(START_ATTEMPTS):
         cluster = replace(cluster, port=_free_port())
-        options = f"-p {cluster.port} -k {folder} -c listen_addresses={HOST} {SERVER_OPTIONS}"
+        options_here = f"-p {cluster.port} -k {folder} -c listen_addresses={HOST} {options or SERVER_OPTIONS}"
         start = [
             str(binaries / "pg_ctl"), "-D", str(data_dir), "-l", str(log_file),
-            "-o", options, "-w", "-t", str(START_TIMEOUT_SECONDS), "start",
+            "-o", options_here, "-w", "-t", str(START_TIMEOUT_SECONDS), "start",
         ]  # fmt: skip
         result = subprocess.run(_as_owner(start), cwd=folder, capture_output=True, text=True)
         if result.returncode == 0:
@@ -175,7 +179,7 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
     """One cluster for the whole session, started by the first test that asks for it."""
     folder = Path(tempfile.mkdtemp(prefix="pytest-pg-"))
     try:
-        cluster = start_cluster(folder)
+        cluster = start_cluster(folder, TEST_SERVER_OPTIONS)
         try:
             yield cluster
         finally:

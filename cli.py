@@ -3,7 +3,7 @@
 python bot.py [--config PATH]                  run the bot
 python bot.py rebuild [--full] [--config PATH] rebuild the projections (snapshot + tail, or the whole log)
 python bot.py backup now|list [--config PATH]  take a backup now, or list them
-python bot.py backup verify|restore NAME       check a backup, or restore it (bot stopped)
+python bot.py backup verify|restore NAME       check a backup, or restore it (with SQLite, bot stopped)
 python bot.py recall (--guild ID | --dm USER_ID) --channel ID [--json] TEXT
                                                what the prompt for a message would hold
 python bot.py import FILE... [--score]         load history from DiscordChatExporter JSON exports
@@ -150,7 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild = commands_.add_parser(
         "rebuild",
         parents=[config_option],
-        help="rebuild the projections from the newest fitting snapshot and the log, then snapshot (bot stopped)",
+        help=(
+            "rebuild the projections from the newest fitting snapshot and the log, then snapshot (SQLite: bot"
+            " stopped; PostgreSQL: the whole log, beside running bots)"
+        ),
     )
     rebuild.add_argument("--full", action="store_true", help="replay the whole log, ignoring snapshots")
     backup = commands_.add_parser("backup", parents=[config_option], help="take, list, verify or restore backups")
@@ -160,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify = actions.add_parser("verify", parents=[config_option], help="check a backup; exits 1 if it is bad")
     verify.add_argument("name", help="a backup's name, as `backup list` shows it, or a file's path")
     restore = actions.add_parser(
-        "restore", parents=[config_option], help="restore a backup over the live database (bot stopped)"
+        "restore", parents=[config_option], help="restore a backup over the live database (SQLite: bot stopped)"
     )
     restore.add_argument("name", help="a backup's name, as `backup list` shows it")
     recall = commands_.add_parser(
